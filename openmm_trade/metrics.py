@@ -1,0 +1,218 @@
+"""Accuracy metrics: effective sample size, Ramachandran KL, energy distances, Δf errors.
+
+Example
+-------
+>>> import numpy as np
+>>> effective_sample_size(np.zeros(10))
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.stats
+
+from .errors import InputError
+
+
+def effective_sample_size(log_weights, fraction: bool = True) -> float:
+    """Kish effective sample size ``(Σw)² / Σw²`` of importance weights given as logs.
+
+    Parameters
+    ----------
+    log_weights : array-like, shape (n,)
+        Unnormalised log-weights; ``-inf`` (failed samples) counts as weight zero.
+    fraction : bool
+        Return ESS / n (default, the convention of openmm_trade) instead of the count.
+
+    Returns
+    -------
+    float
+        In [1/n, 1] as a fraction (0 if every weight is zero).
+
+    Examples
+    --------
+    >>> effective_sample_size([0.0, 0.0, -np.inf, -np.inf])
+    0.5
+    >>> effective_sample_size([0.0, 0.0, -np.inf, -np.inf], fraction=False)
+    2.0
+    """
+    log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if log_weights.size == 0:
+        raise InputError("log_weights must hold at least one value, got an empty array")
+    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
+        raise InputError("log_weights must be finite or -inf, got NaN or +inf")
+    finite = np.isfinite(log_weights)
+    if not finite.any():
+        return 0.0
+    w = np.exp(log_weights[finite] - log_weights[finite].max())
+    count = float(w.sum() ** 2 / (w ** 2).sum())
+    return count / log_weights.size if fraction else count
+
+
+def _check_angles(values, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != 2:
+        raise InputError(f"{name} must have shape (n, 2) (φ, ψ in radians), got {values.shape}")
+    if values.shape[0] == 0:
+        raise InputError(f"{name} must hold at least one (φ, ψ) pair")
+    if not np.all(np.isfinite(values)) or np.abs(values).max() > math.pi + 1e-6:
+        raise InputError(f"{name} must be finite angles in radians within [-π, π] "
+                         "(degrees given?)")
+    return values
+
+
+def _check_weights(weights, n: int, name: str) -> np.ndarray:
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if weights.shape != (n,):
+        raise InputError(f"{name} must have shape ({n},), got {weights.shape}")
+    if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+        raise InputError(f"{name} must be finite, non-negative and not all zero")
+    return weights / weights.sum()
+
+
+def ramachandran_kl(reference_phi_psi, model_phi_psi, model_weights=None, bins: int = 18,
+                    pseudocount: float = 0.5, n_eff: float | None = None) -> float:
+    """KL(reference ‖ model) of Ramachandran histograms, in nats.
+
+    Both sets of (φ, ψ) are histogrammed on a ``bins × bins`` grid over [-π, π]²
+    (18 → 20° bins). The reference histogram is the plain normalised count ``p_j``.
+    The model histogram ``q_j`` is the weighted fraction of model samples in bin ``j``,
+    turned into counts with the effective sample size and smoothed::
+
+        q̃_j = (n_eff q_j + pseudocount) / (n_eff + pseudocount · bins²)
+
+    with ``n_eff`` the Kish effective sample size ``(Σw)²/Σw²`` of ``model_weights``
+    (the number of samples when unweighted) unless given. Then
+    ``KL = Σ_{j: p_j > 0} p_j ln(p_j / q̃_j)``. The smoothing keeps the KL finite where
+    the model has no samples; it biases identical inputs to a small positive value of
+    order ``pseudocount · bins² / n_eff`` (``pseudocount=0`` gives exactly 0).
+
+    Parameters
+    ----------
+    reference_phi_psi, model_phi_psi : array-like, shape (m, 2) and (n, 2)
+        Dihedrals in radians (e.g. from :func:`openmm_trade.cv.ramachandran`).
+    model_weights : array-like, shape (n,), optional
+        Importance weights of the model samples (need not be normalised).
+    bins : int
+        Bins per angle.
+    pseudocount : float
+        Counts added to every model bin.
+    n_eff : float, optional
+        Effective number of model samples used to turn ``q`` into counts.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).uniform(-np.pi, np.pi, size=(500, 2))
+    >>> abs(ramachandran_kl(x, x, pseudocount=0.0)) < 1e-14
+    True
+    """
+    reference = _check_angles(reference_phi_psi, "reference_phi_psi")
+    model = _check_angles(model_phi_psi, "model_phi_psi")
+    weights = _check_weights(model_weights, model.shape[0], "model_weights")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise InputError(f"bins must be a positive integer, got {bins!r}")
+    if pseudocount < 0:
+        raise InputError(f"pseudocount must be >= 0, got {pseudocount}")
+    if n_eff is None:
+        n_eff = 1.0 / float((weights ** 2).sum())
+    elif n_eff <= 0:
+        raise InputError(f"n_eff must be > 0, got {n_eff}")
+    edges = np.linspace(-math.pi, math.pi, bins + 1)
+    p = np.histogram2d(reference[:, 0], reference[:, 1], bins=(edges, edges))[0]
+    p = (p / p.sum()).ravel()
+    q = np.histogram2d(model[:, 0], model[:, 1], bins=(edges, edges), weights=weights)[0]
+    q = (q / q.sum()).ravel()
+    q_smooth = (n_eff * q + pseudocount) / (n_eff + pseudocount * bins * bins)
+    support = p > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(p[support] * (np.log(p[support]) - np.log(q_smooth[support]))))
+
+
+def energy_wasserstein(ref_energies, model_energies, model_weights=None,
+                       ref_weights=None) -> float:
+    """1-D Wasserstein-1 distance (kJ/mol) between reference and weighted model energies.
+
+    Non-finite model energies (failed evaluations) must carry zero weight and are dropped.
+
+    Examples
+    --------
+    >>> energy_wasserstein([0.0, 1.0], [1.0, 2.0])
+    1.0
+    >>> energy_wasserstein([0.0, 1.0], [1.0, 0.0, 5.0], model_weights=[1, 1, 0])
+    0.0
+    """
+    ref = np.asarray(ref_energies, dtype=np.float64).reshape(-1)
+    model = np.asarray(model_energies, dtype=np.float64).reshape(-1)
+    if ref.size == 0 or not np.all(np.isfinite(ref)):
+        raise InputError("ref_energies must be a non-empty array of finite energies (kJ/mol)")
+    model_w = _check_weights(model_weights, model.size, "model_weights")
+    ref_w = _check_weights(ref_weights, ref.size, "ref_weights")
+    finite = np.isfinite(model)
+    if (model_w[~finite] > 0).any():
+        raise InputError("model_energies has non-finite values with non-zero weight")
+    keep = finite & (model_w > 0)
+    return float(scipy.stats.wasserstein_distance(ref, model[keep], ref_w, model_w[keep]))
+
+
+@dataclass(frozen=True)
+class DeltaFComparison:
+    """Differences model − reference of Δf(T) (kT) with their combined uncertainty.
+
+    Attributes: ``difference`` and ``error`` (σ added in quadrature) per temperature,
+    ``z_score`` = difference / error (NaN where error is 0), ``rmse`` and
+    ``max_abs_difference`` over temperatures, ``within(k)`` tests |z| ≤ k everywhere.
+    """
+
+    difference: np.ndarray
+    error: np.ndarray
+    z_score: np.ndarray
+    rmse: float
+    max_abs_difference: float
+
+    def within(self, n_sigma: float = 3.0) -> bool:
+        """True when every difference is within ``n_sigma`` combined standard errors."""
+        z = self.z_score[np.isfinite(self.z_score)]
+        exact = ~np.isfinite(self.z_score)
+        return bool(np.all(np.abs(z) <= n_sigma)
+                    and np.allclose(self.difference[exact], 0.0, atol=1e-12))
+
+
+def delta_f_difference(model_delta_f, reference_delta_f, model_err=None,
+                       reference_err=None) -> DeltaFComparison:
+    """Compare Δf(T) of the model with a reference (MBAR, exact) at the same temperatures.
+
+    Both must be relative to the same reference temperature and in the same unit (kT).
+
+    Examples
+    --------
+    >>> c = delta_f_difference([0.0, -1.0], [0.0, -1.2], [0.0, 0.1], [0.0, 0.05])
+    >>> round(c.max_abs_difference, 6), c.within(3)
+    (0.2, True)
+    """
+    model = np.asarray(model_delta_f, dtype=np.float64).reshape(-1)
+    reference = np.asarray(reference_delta_f, dtype=np.float64).reshape(-1)
+    if model.shape != reference.shape or model.size == 0:
+        raise InputError("model_delta_f and reference_delta_f must be non-empty and of equal "
+                         f"length, got {model.shape} and {reference.shape}")
+    errors = [np.zeros_like(model) if e is None else np.asarray(e, np.float64).reshape(-1)
+              for e in (model_err, reference_err)]
+    if any(e.shape != model.shape for e in errors):
+        raise InputError("model_err and reference_err must match the Δf arrays in length")
+    difference = model - reference
+    error = np.hypot(*errors)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(error > 0, difference / error, np.nan)
+    return DeltaFComparison(difference, error, z, float(np.sqrt(np.mean(difference ** 2))),
+                            float(np.max(np.abs(difference))))
+
+
+__all__ = [
+    "DeltaFComparison", "delta_f_difference", "effective_sample_size", "energy_wasserstein",
+    "ramachandran_kl",
+]

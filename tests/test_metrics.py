@@ -1,0 +1,82 @@
+"""Metrics against hand computations and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from openmm_trade import metrics
+from openmm_trade.errors import InputError
+
+
+def test_effective_sample_size():
+    assert metrics.effective_sample_size(np.zeros(8)) == 1.0
+    assert metrics.effective_sample_size([0.0, -np.inf, -np.inf, -np.inf]) == 0.25
+    log_w = np.log([1.0, 2.0, 3.0])
+    assert metrics.effective_sample_size(log_w, fraction=False) == pytest.approx(36 / 14)
+    assert metrics.effective_sample_size(log_w + 1000.0) == pytest.approx(36 / 14 / 3)
+    assert metrics.effective_sample_size([-np.inf, -np.inf]) == 0.0
+    with pytest.raises(InputError, match="NaN"):
+        metrics.effective_sample_size([0.0, np.nan])
+
+
+def test_kl_zero_for_identical_inputs():
+    x = np.random.default_rng(1).uniform(-math.pi, math.pi, size=(2000, 2))
+    assert abs(metrics.ramachandran_kl(x, x, pseudocount=0.0)) < 1e-14
+    smoothed = metrics.ramachandran_kl(x, x)  # default half-count smoothing: small bias only
+    assert 0.0 < smoothed < 18 * 18 * 0.5 / 2000
+
+
+def test_kl_hand_computation():
+    # bins=2: quadrants (φ<0 or ≥0) × (ψ<0 or ≥0), flattened as [(-,-), (-,+), (+,-), (+,+)]
+    reference = np.array([[-1, -1], [-1, -1], [-1, 1], [1, 1]], dtype=float)  # p = .5 .25 0 .25
+    model = np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=float)
+    weights = np.array([3.0, 1.0, 0.0, 0.0])                                  # q = .75 .25 0 0
+    n_eff = 16 / 10  # (Σw)²/Σw²
+    q = (n_eff * np.array([0.75, 0.25, 0.0, 0.0]) + 0.5) / (n_eff + 0.5 * 4)
+    p = np.array([0.5, 0.25, 0.0, 0.25])
+    expected = sum(pj * math.log(pj / qj) for pj, qj in zip(p, q, strict=True) if pj > 0)
+    result = metrics.ramachandran_kl(reference, model, weights, bins=2)
+    assert result == pytest.approx(expected, rel=1e-12)
+    explicit = metrics.ramachandran_kl(reference, model, weights, bins=2, n_eff=10.0)
+    q10 = (10 * np.array([0.75, 0.25, 0, 0]) + 0.5) / (10 + 2)
+    assert explicit == pytest.approx(sum(pj * math.log(pj / qj) for pj, qj in
+                                         zip(p, q10, strict=True) if pj > 0))
+    assert metrics.ramachandran_kl(reference, model, weights, bins=2, pseudocount=0) == np.inf
+
+
+def test_kl_input_errors():
+    x = np.zeros((3, 2))
+    with pytest.raises(InputError, match="radians"):
+        metrics.ramachandran_kl(np.full((3, 2), 100.0), x)
+    with pytest.raises(InputError, match=r"\(n, 2\)"):
+        metrics.ramachandran_kl(np.zeros((3, 3)), x)
+    with pytest.raises(InputError, match="model_weights"):
+        metrics.ramachandran_kl(x, x, model_weights=[1.0, -1.0, 0.0])
+
+
+def test_energy_wasserstein():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=500)
+    assert metrics.energy_wasserstein(ref, ref + 2.5) == pytest.approx(2.5)
+    model = np.append(rng.normal(size=300), np.inf)
+    weights = np.append(rng.uniform(size=300), 0.0)
+    expected = scipy.stats.wasserstein_distance(ref, model[:-1], None, weights[:-1])
+    assert metrics.energy_wasserstein(ref, model, weights) == pytest.approx(expected)
+    with pytest.raises(InputError, match="non-zero weight"):
+        metrics.energy_wasserstein(ref, model, np.ones(301))
+
+
+def test_delta_f_difference():
+    c = metrics.delta_f_difference([0.0, 1.0, 2.0], [0.0, 1.3, 1.9], [0.0, 0.1, 0.1],
+                                   [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(c.difference, [0.0, -0.3, 0.1])
+    np.testing.assert_allclose(c.z_score[1:], [-3.0, 1.0])
+    assert np.isnan(c.z_score[0])
+    assert c.rmse == pytest.approx(math.sqrt(0.1 / 3))
+    assert c.within(3.01) and not c.within(2.9)
+    with pytest.raises(InputError, match="equal"):
+        metrics.delta_f_difference([0.0], [0.0, 1.0])
