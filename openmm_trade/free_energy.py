@@ -39,9 +39,10 @@ from scipy.integrate import cumulative_trapezoid
 
 from . import cv as cvs
 from .errors import InputError
+from .files import atomic_write_path
 from .mbar import MBARResult, mbar_reference
 from .metrics import DeltaFComparison, delta_f_difference
-from .sampling import WeightedTrajectory, atomic_write_path, sample
+from .sampling import WeightedTrajectory, sample
 from .units import KB, check_temperature
 
 # ---------------------------------------------------------------------------- tables
@@ -72,6 +73,19 @@ class _Table:
         with atomic_write_path(path) as tmp:
             tmp.write_text(buffer.getvalue())
         return str(path)
+
+    @staticmethod
+    def _read_csv_columns(path) -> dict[str, np.ndarray]:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            raise InputError(f"{path}: no rows to read")
+        return {name: np.array([float(row[name]) for row in rows]) for name in rows[0]}
+
+    @classmethod
+    def from_csv(cls, path, **extra):
+        """Read a table written by :meth:`to_csv`; ``extra`` sets non-column fields."""
+        return cls(**cls._read_csv_columns(path), **extra)
 
 
 @dataclass
@@ -691,6 +705,16 @@ class PopulationProfile(_Table):
             columns[state] = self.population[:, j]
             columns[f"{state}_err"] = self.population_err[:, j]
         return columns
+
+    @classmethod
+    def from_csv(cls, path) -> PopulationProfile:
+        """Read a table written by :meth:`to_csv`."""
+        columns = cls._read_csv_columns(path)
+        states = tuple(name for name in columns if name != "temperature"
+                       and not name.endswith("_err"))
+        return cls(columns["temperature"], states,
+                   np.stack([columns[s] for s in states], axis=1),
+                   np.stack([columns[f"{s}_err"] for s in states], axis=1))
 
 
 def populations_vs_temperature(trajectories: Sequence, states=None, cv=None,

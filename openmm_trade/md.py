@@ -55,6 +55,7 @@ import openmm
 from openmm import unit
 
 from .errors import CheckpointError, InputError
+from .files import write_bytes_atomic
 from .mbar import _statistical_inefficiency
 from .system import MolecularSystem
 from .units import KB, check_temperature
@@ -173,20 +174,6 @@ def _check_writable(path: PathLike, name: str) -> Path:
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{name}: {path} is not writable")
     return path
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _progress(total: int, quiet: bool, desc: str, initial: int = 0, what: str = "frame"):
@@ -408,7 +395,7 @@ def _write_checkpoint(path: Path, meta: dict, checkpoint: bytes) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array(json.dumps(meta, sort_keys=True)),
              checkpoint=np.frombuffer(checkpoint, dtype=np.uint8))
-    _atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, bytes]:

@@ -28,8 +28,7 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .files import atomic_write_path
 from .metrics import effective_sample_size
 from .units import KB, check_temperature
 
@@ -48,33 +48,6 @@ GROUP = "openmm_trade"
 #: Version of the file layout written by :meth:`WeightedTrajectory.save`.
 FORMAT_VERSION = 1
 _FORMAT_NAME = "openmm_trade.WeightedTrajectory"
-
-
-@contextlib.contextmanager
-def atomic_write_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
-
-    The temporary file keeps the suffix of ``path`` (libraries choose formats by it) and
-    is removed if the block raises.
-
-    >>> import tempfile, pathlib
-    >>> target = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
-    >>> with atomic_write_path(target) as tmp:
-    ...     _ = tmp.write_text("hello")
-    >>> target.read_text()
-    'hello'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def log_importance_weights(energies, log_prob, temperature: float) -> np.ndarray:
