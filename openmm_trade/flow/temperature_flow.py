@@ -1,0 +1,388 @@
+"""TemperatureFlow: a temperature-conditioned Boltzmann generator for an OpenMM system.
+
+``p_θ(x | T)`` on Cartesian conformations ``x`` ``(B, N, 3)`` in nm, composed of
+
+    Cartesian x ──InternalCoordinates──► z = (bonds | angles | torsions)
+                ──ConditionalFlow(T)───► prior (truncated normal × torus)
+
+``log_prob(x, T) = flow.log_prob(z, T) + log|det ∂z/∂x|`` with the internal-coordinate
+log-determinant convention of :mod:`openmm_trade.coordinates`: the density lives on the
+space of conformations modulo rigid-body motion (orientations uniform), constrained bonds
+held at their lengths. It differs from a density on R^{3N} by a constant that cancels in
+importance weights, in ``∂ log p / ∂β`` and in free-energy differences. ``sample``
+returns conformations in the canonical pose of :meth:`InternalCoordinates.inverse`.
+
+Coordinates and their domains (built by :meth:`TemperatureFlow.for_system` from boundary
+data): bonds and angles are bounded coordinates on the data's ``[min, max]`` widened by
+``margin`` times the data range on each side (clamped to bonds > 0, angles in (0, π));
+torsions are circular, except the chirality torsions (improper-like torsions at
+stereocentres), which are bounded coordinates on the sign half of the data, so samples
+keep the boundary data's handedness.
+
+Coupling pattern (per block, repeated ``n_blocks`` times, the torsion split alternating
+between even/odd and first/second half): torsions_a | torsions_b, torsions_b | torsions_a,
+angles | torsions, bonds | angles + torsions.
+
+Precision: the model runs in ``dtype`` (float32 by default), including the internal
+coordinates; samples and log-densities are returned in that dtype. Energies should be
+evaluated in float64 by the energy module (it casts).
+
+Example
+-------
+>>> import openmm_trade as ot
+>>> from openmm_trade.flow import TemperatureFlow
+>>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+>>> traj = ot.md.simulate(msys, 300, n_frames=20, interval_ps=0.1, seed=1,
+...                       equilibration_ps=0.2, quiet=True)
+>>> model = TemperatureFlow.for_system(msys, traj, temperature_range=(300, 600),
+...                                    hidden=32, n_blocks=1)
+>>> x, log_p = model.sample(4, 450.0)
+>>> x.shape, model.log_prob(x, 450.0).shape
+(torch.Size([4, 22, 3]), torch.Size([4]))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..coordinates import ANGLE_EPS, InternalCoordinates
+from ..errors import CheckpointError, InputError
+from ..system import MolecularSystem
+from .conditional import ConditionalFlow, alternating_layers
+from .domain import Domain
+
+_FORMAT = "openmm_trade.TemperatureFlow"
+_VERSION = 1
+#: shortest bond length a flow may produce, nm
+MIN_BOND = 1e-3
+
+
+def _as_xyz(boundary, n_atoms: int) -> np.ndarray:
+    """``(M, N, 3)`` float64 nm array from an mdtraj.Trajectory, tensor or array."""
+    xyz = getattr(boundary, "xyz", boundary)
+    if isinstance(xyz, torch.Tensor):
+        xyz = xyz.detach().cpu().numpy()
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if xyz.ndim != 3 or xyz.shape[1:] != (n_atoms, 3) or xyz.shape[0] < 2:
+        raise InputError(
+            f"boundary must be an mdtraj.Trajectory or array of shape (M >= 2, {n_atoms}, 3) "
+            f"in nm, got shape {xyz.shape}")
+    if not np.all(np.isfinite(xyz)):
+        raise InputError("boundary contains NaN or infinite coordinates")
+    return xyz
+
+
+def coupling_pattern(coordinates: InternalCoordinates) -> list[list[tuple[list, list]]]:
+    """The two alternating blocks of coupling layers over ``z`` (see module docs).
+
+    >>> import openmm_trade as ot
+    >>> ic = InternalCoordinates.from_system(ot.systems.load("alanine-dipeptide-vacuum"))
+    >>> [len(block) for block in coupling_pattern(ic)]
+    [4, 4]
+    """
+    index = torch.arange(coordinates.n_dof)
+    torsion = index[coordinates.torsion_mask.cpu()].tolist()
+    angle = index[coordinates.angle_mask.cpu()].tolist()
+    bond = index[coordinates.bond_mask.cpu()].tolist()
+    blocks = []
+    for torsion_block in alternating_layers(len(torsion)):
+        block = [([torsion[i] for i in t], [torsion[i] for i in c]) for t, c in torsion_block]
+        if angle:
+            block.append((angle, torsion))
+        if bond:
+            block.append((bond, angle + torsion))
+        blocks.append(block)
+    return blocks
+
+
+def data_domains(coordinates: InternalCoordinates, boundary, margin: float = 0.5) -> list[Domain]:
+    """Per-coordinate :class:`Domain` of ``z`` from boundary conformations.
+
+    Bonds: ``interval`` within ``[MIN_BOND, ∞)``; angles: within ``[ANGLE_EPS, π -
+    ANGLE_EPS]``; torsions: ``circular``; chirality torsions: ``interval`` on the sign half
+    (``[0, π]`` or ``[-π, 0]``) that holds the data, narrowed to the data with ``margin``.
+
+    Raises
+    ------
+    InputError
+        If a chirality torsion takes both signs in the data (a handedness flip).
+
+    >>> import openmm_trade as ot
+    >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+    >>> ic = InternalCoordinates.from_system(msys)
+    >>> domains = data_domains(ic, msys.positions[None].repeat(2, 0))
+    >>> sorted({d.kind for d in domains})
+    ['circular', 'interval']
+    """
+    xyz = _as_xyz(boundary, coordinates.n_atoms)
+    device = coordinates.bond_mask.device
+    with torch.no_grad():
+        z = coordinates.forward(torch.as_tensor(xyz, device=device))[0].cpu().numpy()
+    chiral = set(coordinates.chirality_torsions.tolist())
+    bond_mask, angle_mask = coordinates.bond_mask.cpu(), coordinates.angle_mask.cpu()
+    domains = []
+    for k in range(coordinates.n_dof):
+        values = z[:, k]
+        if bond_mask[k]:
+            domains.append(Domain.from_data(values, margin, (MIN_BOND, None), "interval"))
+        elif angle_mask[k]:
+            domains.append(Domain.from_data(values, margin, (ANGLE_EPS, math.pi - ANGLE_EPS),
+                                            "interval"))
+        elif k in chiral:
+            positive = values > 0
+            if not (positive.all() or (~positive).all()):
+                raise InputError(
+                    f"boundary data change the handedness of chirality torsion "
+                    f"{coordinates.dof_names[k]!r} ({int(positive.sum())} of {len(values)} "
+                    "frames > 0): check the trajectory for a chirality flip")
+            bounds = (0.0, math.pi) if positive.all() else (-math.pi, 0.0)
+            domains.append(Domain.from_data(values, margin, bounds, "interval"))
+        else:
+            domains.append(Domain.circular())
+    return domains
+
+
+class TemperatureFlow(nn.Module):
+    """Conditional Boltzmann generator ``p_θ(x | T)`` for a :class:`MolecularSystem`.
+
+    Build one with :meth:`for_system`; the constructor composes given parts.
+
+    Parameters
+    ----------
+    system : MolecularSystem
+        The molecule (``model.system``).
+    flow : ConditionalFlow
+        Flow over the internal coordinates ``z`` (``event_shape == (n_dof,)``).
+    coordinates : InternalCoordinates, optional
+        Default ``InternalCoordinates.from_system(system)``.
+
+    Attributes
+    ----------
+    temperature_range, reference_temperature, event_shape, device, dtype
+        The model protocol (``event_shape == (N, 3)``).
+
+    Examples
+    --------
+    >>> import openmm_trade as ot
+    >>> from openmm_trade.flow import ConditionalFlow, TemperatureFlow, data_domains
+    >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+    >>> ic = InternalCoordinates.from_system(msys)
+    >>> domains = data_domains(ic, msys.positions[None].repeat(2, 0))
+    >>> model = TemperatureFlow(msys, ConditionalFlow(domains, 300.0, (300.0, 500.0),
+    ...                                               hidden=16, n_blocks=1), ic)
+    >>> model.event_shape
+    (22, 3)
+    """
+
+    def __init__(self, system: MolecularSystem, flow: ConditionalFlow,
+                 coordinates: InternalCoordinates | None = None):
+        super().__init__()
+        if not isinstance(system, MolecularSystem):
+            raise InputError(f"system must be a MolecularSystem, got {type(system).__name__}")
+        if not isinstance(flow, ConditionalFlow):
+            raise InputError(f"flow must be a flow.ConditionalFlow, got {type(flow).__name__}")
+        coordinates = coordinates or InternalCoordinates.from_system(system)
+        if flow.event_shape != (coordinates.n_dof,):
+            raise InputError(f"flow must have event_shape ({coordinates.n_dof},) (the internal "
+                             f"coordinates), got {flow.event_shape}")
+        self.system = system
+        self.flow = flow
+        self.coordinates = coordinates.to(device=flow.device)
+        self.event_shape = (system.n_atoms, 3)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_system(
+        cls,
+        msys: MolecularSystem,
+        boundary,
+        temperature_range: tuple[float, float],
+        reference_temperature: float | None = None,
+        boundary_temperature: float | None = None,
+        margin: float = 0.5,
+        hidden: int = 128,
+        depth: int = 2,
+        n_blocks: int = 4,
+        n_bins: int = 8,
+        prior: str = "truncated_normal",
+        widen_prior: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> TemperatureFlow:
+        """A model with data-informed coordinate intervals and priors.
+
+        Parameters
+        ----------
+        msys : MolecularSystem
+            The molecule.
+        boundary : mdtraj.Trajectory or array (M, N, 3)
+            Boundary conformations (nm), e.g. MD at ``T0``; sets the intervals of bonds and
+            angles (and their truncated-normal priors) and the chirality of the model.
+        temperature_range : (float, float)
+            Temperatures in K the model is for.
+        reference_temperature : float, optional
+            ``T0`` of the condition ``log(T / T0)``; default ``boundary_temperature`` if
+            given, else ``temperature_range[0]``.
+        boundary_temperature : float, optional
+            Temperature of the boundary data (only used for the default above).
+        margin : float
+            Widening of each data interval, as a fraction of the data range per side.
+        hidden, depth, n_blocks, n_bins, prior, widen_prior, seed, device, dtype
+            Architecture, see :class:`ConditionalFlow`.
+
+        Returns
+        -------
+        TemperatureFlow
+
+        Examples
+        --------
+        >>> import openmm_trade as ot
+        >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+        >>> frames = msys.positions[None].repeat(3, 0)
+        >>> model = TemperatureFlow.for_system(msys, frames, (300, 600), hidden=16, n_blocks=1)
+        >>> model.reference_temperature, model.temperature_range
+        (300.0, (300.0, 600.0))
+        """
+        if not isinstance(msys, MolecularSystem):
+            raise InputError(f"msys must be a MolecularSystem, got {type(msys).__name__}")
+        coordinates = InternalCoordinates.from_system(msys)
+        domains = data_domains(coordinates, boundary, margin)
+        if reference_temperature is None:
+            reference_temperature = (boundary_temperature if boundary_temperature is not None
+                                     else temperature_range[0])
+        flow = ConditionalFlow(
+            domains, float(reference_temperature), tuple(float(t) for t in temperature_range),
+            hidden=hidden, depth=depth, n_blocks=n_blocks, n_bins=n_bins,
+            layers=coupling_pattern(coordinates), prior=prior, widen_prior=widen_prior,
+            seed=seed, device=device, dtype=dtype,
+        )
+        return cls(msys, flow, coordinates)
+
+    # ------------------------------------------------------------------ protocol facts
+    @property
+    def temperature_range(self) -> tuple[float, float]:
+        """Training temperature range in K."""
+        return self.flow.temperature_range
+
+    @property
+    def reference_temperature(self) -> float:
+        """``T0`` in K."""
+        return self.flow.reference_temperature
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model."""
+        return self.flow.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the model, its samples and log-densities."""
+        return self.flow.dtype
+
+    # ------------------------------------------------------------------ the protocol
+    def _check_x(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"x must be a torch.Tensor of shape (B, {self.system.n_atoms}, 3) "
+                             f"in nm, got {type(x).__name__}")
+        if x.dim() != 3 or tuple(x.shape[1:]) != self.event_shape:
+            raise InputError(f"x must have shape (B, {self.system.n_atoms}, 3), "
+                             f"got {tuple(x.shape)}")
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def log_prob(self, x: torch.Tensor, temperature) -> torch.Tensor:
+        """Log-density ``(B,)`` of conformations ``x`` ``(B, N, 3)`` nm at ``temperature``.
+
+        Includes the internal-coordinate log-determinant; ``-inf`` outside the model's
+        support (a bond or angle beyond its interval, a flipped chirality).
+        """
+        z, log_det = self.coordinates.forward(self._check_x(x))
+        return self.flow.log_prob(z, temperature) + log_det
+
+    def sample(self, n: int, temperature, generator: torch.Generator | None = None):
+        """``n`` conformations ``(n, N, 3)`` nm at ``temperature`` and their log-densities.
+
+        Differentiable with respect to parameters and to ``temperature`` (a tensor).
+        """
+        z, log_p = self.flow.sample(n, temperature, generator)
+        x, log_det = self.coordinates.inverse(z)
+        return x, log_p - log_det
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write architecture, weights, intervals and the system fingerprint atomically.
+
+        >>> import tempfile, os, openmm_trade as ot
+        >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+        >>> model = TemperatureFlow.for_system(msys, msys.positions[None].repeat(2, 0),
+        ...                                    (300, 400), hidden=8, n_blocks=1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+        >>> model.save(path)
+        >>> TemperatureFlow.load(path, msys).temperature_range
+        (300.0, 400.0)
+        """
+        path = Path(path)
+        payload = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "fingerprint": self.system.fingerprint,
+            "n_atoms": self.system.n_atoms,
+            "zmatrix": self.coordinates.zmatrix.rows.tolist(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "config": self.flow.config,
+            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(payload, file)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, msys: MolecularSystem,
+             device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+             ) -> TemperatureFlow:
+        """Load a model saved with :meth:`save` for the same system.
+
+        Raises
+        ------
+        CheckpointError
+            Unreadable or foreign file, or a system whose fingerprint differs.
+        """
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"model file not found: {path}") from None
+        except Exception as error:  # torch raises many types for corrupt files
+            raise CheckpointError(f"cannot read model file {path}: {error}") from error
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise CheckpointError(f"{path} is not a saved TemperatureFlow")
+        if payload.get("version") != _VERSION:
+            raise CheckpointError(f"{path} has format version {payload.get('version')}, "
+                                  f"this openmm_trade reads version {_VERSION}")
+        if payload["fingerprint"] != msys.fingerprint:
+            raise CheckpointError(
+                f"{path} was trained for another system (fingerprint "
+                f"{payload['fingerprint'][:12]}…, this system {msys.fingerprint[:12]}…): "
+                "load it with the MolecularSystem it was built for")
+        coordinates = InternalCoordinates.from_system(msys, zmatrix=payload["zmatrix"])
+        dtype = dtype or getattr(torch, payload["dtype"])
+        flow = ConditionalFlow(**payload["config"], device=device, dtype=dtype)
+        try:
+            flow.load_state_dict(payload["state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{path}: weights do not fit the architecture: {error}") from error
+        return cls(msys, flow, coordinates)
