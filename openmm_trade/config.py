@@ -1,0 +1,320 @@
+"""Run configuration: a TOML file, validated up front, every problem reported at once.
+
+A configuration has these sections (all optional except ``[system]``)::
+
+    [system]        name = "alanine-dipeptide-vacuum"      # a built-in, or
+                    pdb = "mol.pdb"; forcefield = ["amber99sbildn.xml"]; constraints = "HBonds"
+                    xml = "system.xml"                     # serialized System + pdb
+    [boundary]      temperature = 300.0                    # T0 in K
+                    n_frames = 20000; interval_ps = 0.5; equilibration_ps = 20.0   # simulate, or
+                    files = ["md.dcd"]; stride = 1         # load your own MD
+    [temperatures]  range = [300.0, 600.0]; targets = [300.0, 400.0, 500.0, 600.0]
+    [model]         keyword arguments of TemperatureFlow.for_system (architecture)
+    [training]      keyword arguments of ot.train (steps, batch_size, ...)
+    [sampling]      n = 10000                              # samples per target temperature
+    [free_energy]   n = 10000; n_bootstrap = 200
+    [compute]       platform = "CPU"; n_workers = 1; torch_threads = 1; device = "cpu"; seed = 1
+    [output]        figures = true
+
+Example
+-------
+>>> cfg = validate({"system": {"name": "alanine-dipeptide-vacuum"}})
+>>> cfg.boundary["temperature"], cfg.temperatures["range"]
+(300.0, [300.0, 600.0])
+>>> validate({"system": {"name": 3}, "boundary": {"n_frames": -1}})
+Traceback (most recent call last):
+...
+openmm_trade.errors.ConfigError: <config>: 2 problems:
+  - [system] name: expected a string, got 3 (int)
+  - [boundary] n_frames: expected an integer > 0, got -1 (int)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
+
+
+# ---------------------------------------------------------------------------- checks
+# Each check returns None when the value is acceptable, else the expected form.
+def _string(value) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _bool(value) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _number(minimum: float = -math.inf, strict: bool = True) -> Callable:
+    op = ">" if strict else ">="
+
+    def check(value) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > minimum if strict else value >= minimum)
+        return None if ok else f"a number {op} {minimum:g}"
+
+    return check
+
+
+def _integer(minimum: int = 1) -> Callable:
+    def check(value) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        return None if ok else ("an integer > 0" if minimum == 1 else f"an integer >= {minimum}")
+
+    return check
+
+
+def _list_of(item: Callable, length: int | None = None) -> Callable:
+    def check(value) -> str | None:
+        what = f"a list of {length} " if length else "a non-empty list of "
+        form = what + (item(None) or "values")
+        if not isinstance(value, list) or not value or (length and len(value) != length):
+            return form
+        return form if any(item(v) for v in value) else None
+
+    return check
+
+
+def _choice(*options: str) -> Callable:
+    def check(value) -> str | None:
+        return None if value in options else "one of " + ", ".join(map(repr, options))
+
+    return check
+
+
+#: section -> key -> (check, default); ``...`` marks "no default" (optional key).
+SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
+    "system": {
+        "name": (_string, ...),
+        "pdb": (_string, ...),
+        "xml": (_string, ...),
+        "forcefield": (_list_of(_string), ["amber99sbildn.xml"]),
+        "constraints": (_choice("HBonds", "AllBonds", "HAngles", "none"), "HBonds"),
+    },
+    "boundary": {
+        "temperature": (_number(0.0), 300.0),
+        "n_frames": (_integer(1), 20_000),
+        "interval_ps": (_number(0.0), 0.5),
+        "equilibration_ps": (_number(0.0, strict=False), 20.0),
+        "files": (_list_of(_string), ...),
+        "stride": (_integer(1), 1),
+    },
+    "temperatures": {
+        "range": (_list_of(_number(0.0), length=2), [300.0, 600.0]),
+        "targets": (_list_of(_number(0.0)), [300.0, 400.0, 500.0, 600.0]),
+    },
+    "model": {},      # validated against TemperatureFlow.for_system's keywords
+    "training": {},   # validated against ot.train's keywords
+    "sampling": {"n": (_integer(1), 10_000)},
+    "free_energy": {"n": (_integer(1), 10_000), "n_bootstrap": (_integer(1), 200)},
+    "compute": {
+        "platform": (_choice(*PLATFORMS), "CPU"),
+        "n_workers": (_integer(1), 1),
+        "torch_threads": (_integer(1), 1),
+        "device": (_string, "cpu"),
+        "seed": (_integer(0), 1),
+    },
+    "output": {"figures": (_bool, True)},
+}
+
+#: keywords of the API functions that the run fills in itself (not settable in TOML).
+_RESERVED = {
+    "model": {"msys", "boundary", "temperature_range", "reference_temperature",
+              "boundary_temperature", "device", "dtype"},
+    "training": {"model", "energy", "boundary", "boundary_temperature", "temperature_range",
+                 "checkpoint", "resume", "history_csv", "seed", "quiet", "device"},
+}
+
+
+@dataclass
+class RunConfig:
+    """A validated run configuration; one dict per TOML section, defaults filled in."""
+
+    system: dict
+    boundary: dict
+    temperatures: dict
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+    free_energy: dict = field(default_factory=dict)
+    compute: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
+    source: str = "<config>"
+
+    @property
+    def simulate_boundary(self) -> bool:
+        """True when the boundary MD is run by openmm-trade (no ``files`` given)."""
+        return "files" not in self.boundary
+
+    def as_dict(self) -> dict:
+        """The sections as a plain nested dict (what ``to_toml`` writes)."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in SCHEMA}
+
+    def to_toml(self) -> str:
+        """Serialise to TOML text that :func:`load` reads back to an equal config."""
+        lines = []
+        for section, values in self.as_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(val)}" for key, val in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _api_keywords(section: str) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of the API function that a free-form section feeds."""
+    if section == "model":
+        from .flow import TemperatureFlow
+
+        function = TemperatureFlow.for_system
+    else:
+        from .training import train
+
+        function = train
+    params = inspect.signature(function).parameters
+    return {
+        name: p for name, p in params.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in _RESERVED[section]
+    }
+
+
+def _check_api_section(section: str, values: dict, problems: list[str]) -> None:
+    keywords = _api_keywords(section)
+    for key, value in values.items():
+        if key not in keywords:
+            problems.append(f"[{section}] {key}: unknown key; known keys: "
+                            + ", ".join(sorted(keywords)))
+            continue
+        default = keywords[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        expected = (int, float) if isinstance(default, (int, float)) else type(default)
+        if isinstance(default, bool):
+            expected = bool
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            problems.append(f"[{section}] {key}: expected {type(default).__name__} like "
+                            f"{default!r}, got {value!r} ({type(value).__name__})")
+
+
+def validate(data: dict, source: str = "<config>", check_api: bool = True) -> RunConfig:
+    """Validate a parsed TOML dict and fill in defaults.
+
+    Parameters
+    ----------
+    data : dict
+        Parsed TOML.
+    source : str
+        File name used in messages.
+    check_api : bool
+        Also check ``[model]``/``[training]`` keys against the API signatures.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem: unknown sections or keys, wrong types, impossible values.
+    """
+    problems: list[str] = []
+    sections: dict[str, dict] = {}
+    for name in data:
+        if name not in SCHEMA:
+            problems.append(f"[{name}]: unknown section; known sections: " + ", ".join(SCHEMA))
+    for section, schema in SCHEMA.items():
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            problems.append(f"[{section}]: expected a table, got {given!r}")
+            given = {}
+        values = dict(given)
+        if schema:
+            for key, value in given.items():
+                if key not in schema:
+                    problems.append(f"[{section}] {key}: unknown key; known keys: "
+                                    + ", ".join(schema))
+                    continue
+                expected = schema[key][0](value)
+                if expected:
+                    problems.append(f"[{section}] {key}: expected {expected}, got "
+                                    f"{value!r} ({type(value).__name__})")
+            for key, (_, default) in schema.items():
+                if key not in values and default is not ...:
+                    values[key] = copy.deepcopy(default)
+        elif check_api and values:
+            _check_api_section(section, values, problems)
+        sections[section] = values
+    _check_relations(sections, problems)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem{'s' * (len(problems) > 1)}:\n"
+                          + "\n".join(f"  - {p}" for p in problems))
+    return RunConfig(**sections, source=source)
+
+
+def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
+    """Checks that involve several keys."""
+    system = sections["system"]
+    if ("name" in system) == ("pdb" in system):
+        problems.append("[system]: give exactly one of 'name' (a built-in system) or 'pdb'")
+    if "xml" in system and "pdb" not in system:
+        problems.append("[system] xml: needs 'pdb' for the topology and positions")
+    t_range = sections["temperatures"].get("range")
+    targets = sections["temperatures"].get("targets")
+    if _list_of(_number(0.0), 2)(t_range) is None:
+        low, high = t_range
+        if low >= high:
+            problems.append(f"[temperatures] range: expected [low, high] with low < high, "
+                            f"got {t_range}")
+        elif _list_of(_number(0.0))(targets) is None:
+            outside = [t for t in targets if not low <= t <= high]
+            if outside:
+                problems.append(f"[temperatures] targets: expected values within range "
+                                f"{t_range}, got {outside}")
+        t0 = sections["boundary"].get("temperature")
+        if _number(0.0)(t0) is None and not low <= t0 <= high:
+            problems.append(f"[boundary] temperature: expected a value within "
+                            f"[temperatures] range {t_range}, got {t0}")
+
+
+def load(path: str | os.PathLike, check_api: bool = True) -> RunConfig:
+    """Read and validate a TOML run configuration; relative paths resolve to its folder.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.toml"
+    >>> _ = p.write_text('[system]\\nname = "alanine-dipeptide-vacuum"\\n')
+    >>> load(p).system["name"]
+    'alanine-dipeptide-vacuum'
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    config = validate(data, source=str(path), check_api=check_api)
+    base = path.resolve().parent
+    for key in ("pdb", "xml"):
+        if key in config.system:
+            config.system[key] = str(base / config.system[key])
+    if "files" in config.boundary:
+        config.boundary["files"] = [str(base / f) for f in config.boundary["files"]]
+    return config

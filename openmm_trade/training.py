@@ -1,0 +1,930 @@
+"""Training: the TRADE loop with schedules, validation, checkpoints and exact resume.
+
+:func:`train` (and the :class:`Trainer` behind it) fits a conditional density model
+``p_θ(x | T)`` to boundary samples at ``T0`` and spreads it over a temperature range with
+the TRADE objective of :mod:`openmm_trade.trade`::
+
+    L(t) = L_boundary(T0) + λ(t) · L_TRADE
+
+Schedule (``t`` is the step):
+
+* ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
+  ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
+* then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
+  condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
+  each end, in β) to the whole range over ``widen_steps`` (default ``ramp_steps``).
+  Conditions are drawn uniformly in β or in log T (``condition_sampling``) between the
+  current bounds, so ``T0`` may sit at the bottom, the top or inside the range.
+* Adam with a cosine (or step) learning-rate schedule and gradient-norm clipping.
+
+Robustness: a step whose loss, gradient or energies are non-finite is skipped — the
+parameters and the optimiser state are not touched — and counted (``skipped_steps``,
+``nonfinite_energies``); after ``max_consecutive_skips`` skips in a row training stops with
+:class:`TrainingDivergedError`. Importance samples with infinite energy simply get zero
+weight in the ⟨U⟩ estimates.
+
+Reproducibility: every random draw of the loop (conditions, minibatches, flow samples when
+the model takes a ``generator``) comes from one ``torch.Generator`` seeded with ``seed``;
+validation draws from its own generator (seeded from ``seed`` and the step) inside a forked
+global RNG, so validating does not change the training trajectory. Checkpoints hold the
+model, optimiser, scheduler, step, every RNG state (the loop's, torch's global, numpy's,
+Python's), the ⟨U⟩ grid, the counters and the history; ``resume=`` continues bit-for-bit on
+CPU: the parameters after resuming equal those of an uninterrupted run.
+
+Energy evaluations are counted from ``energy.n_evaluations`` and recorded per step
+(``energy_evaluations``, cumulative, including validation); ``energy_budget`` stops training
+once that many have been spent.
+
+Threads: torch uses ``torch.get_num_threads()`` threads; with OpenMM energies on 2 cores,
+``torch.set_num_threads(1)`` and ``OpenMMEnergy(..., n_workers=1)`` share them sensibly.
+
+Example
+-------
+>>> import torch
+>>> from openmm_trade.flow import ConditionalFlow
+>>> from openmm_trade.toys import DoubleWell1D
+>>> toy = DoubleWell1D()
+>>> model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1)
+>>> history = train(model, toy, boundary=toy.sample(2000, 300.0, seed=0),
+...                 boundary_temperature=300.0, steps=20, batch_size=64,
+...                 trade_batch_size=32, warmup_steps=10, ramp_steps=5, quiet=True)
+>>> len(history), history.skipped_steps
+(20, 0)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .energy import Energy
+from .errors import CheckpointError, InputError, OpenMMTradeError
+from .files import PathLike, atomic_write_path, write_text_atomic
+from .trade import TradeObjective
+from .units import beta_from_temperature, check_temperature, temperature_from_beta
+
+__all__ = ["Trainer", "TrainingConfig", "TrainingDivergedError", "TrainingHistory", "train"]
+
+#: default number of optimisation steps (small molecules: alanine dipeptide)
+DEFAULT_STEPS = 5000
+#: name of the checkpoint file when ``checkpoint`` is a folder
+CHECKPOINT_NAME = "checkpoint.pt"
+_FORMAT = "openmm_trade.training/1"
+
+
+class TrainingDivergedError(OpenMMTradeError, RuntimeError):
+    """Too many consecutive steps had a non-finite loss, gradient or energy."""
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of a training run (stored in checkpoints and compared on resume).
+
+    See :func:`train` for the meaning of each field.
+    """
+
+    boundary_temperature: float
+    temperature_range: tuple[float, float]
+    steps: int = DEFAULT_STEPS
+    batch_size: int = 256
+    trade_batch_size: int = 256
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    final_learning_rate_factor: float = 0.05
+    grad_clip: float = 10.0
+    trade_weight: float = 1.0
+    loss: str = "huber"
+    huber_delta: float = 1.0
+    mean_energy: str = "grid"
+    evaluation_points: str = "flow"
+    warmup_steps: int | None = None
+    ramp_steps: int | None = None
+    widen_steps: int | None = None
+    initial_width: float = 0.1
+    condition_sampling: str = "log_temperature"
+    n_conditions: int | None = None
+    grid_size: int = 16
+    grid_samples: int = 256
+    grid_nodes_per_step: int = 2
+    grid_ema: float = 0.2
+    reverse_kl_samples: int | None = None
+    seed: int = 0
+    max_consecutive_skips: int = 100
+
+    def __post_init__(self) -> None:
+        self.temperature_range = tuple(float(t) for t in self.temperature_range)
+        for name in ("steps", "batch_size", "trade_batch_size", "grid_size", "grid_samples",
+                     "grid_nodes_per_step", "max_consecutive_skips"):
+            _positive_int(getattr(self, name), name)
+        for name in ("warmup_steps", "ramp_steps", "widen_steps", "n_conditions",
+                     "reverse_kl_samples"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(value, name, allow_zero=name == "warmup_steps")
+        for name in ("learning_rate", "grad_clip", "huber_delta"):
+            _positive_float(getattr(self, name), name)
+        if not (isinstance(self.trade_weight, (int, float)) and self.trade_weight >= 0
+                and math.isfinite(self.trade_weight)):
+            raise InputError(
+                f"trade_weight must be a finite number >= 0, got {self.trade_weight!r}")
+        if not 0.0 < float(self.final_learning_rate_factor) <= 1.0:
+            raise InputError("final_learning_rate_factor must be in (0, 1], got "
+                             f"{self.final_learning_rate_factor!r}")
+        if not 0.0 <= float(self.initial_width) <= 1.0:
+            raise InputError(f"initial_width must be in [0, 1], got {self.initial_width!r}")
+        _one_of(self.schedule, "schedule", ("cosine", "step", "constant"))
+        _one_of(self.condition_sampling, "condition_sampling", ("beta", "log_temperature"))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an int, got {self.seed!r}")
+        if self.warmup_steps is None:
+            self.warmup_steps = self.steps // 5
+        if self.ramp_steps is None:
+            self.ramp_steps = max(self.steps // 5, 1)
+        if self.widen_steps is None:
+            self.widen_steps = self.ramp_steps
+        if self.n_conditions is None:
+            self.n_conditions = (self.trade_batch_size if self.mean_energy == "grid"
+                                 else min(4, self.trade_batch_size))
+        if self.trade_batch_size % self.n_conditions:
+            raise InputError(f"trade_batch_size ({self.trade_batch_size}) must be a multiple of "
+                             f"n_conditions ({self.n_conditions})")
+        if self.reverse_kl_samples is None:
+            self.reverse_kl_samples = self.batch_size
+
+    #: fields that may change between an interrupted run and its resumption
+    RESUMABLE_CHANGES = ("steps", "max_consecutive_skips")
+
+    def differences(self, other: dict) -> list[str]:
+        """Fields (other than :attr:`RESUMABLE_CHANGES`) that differ from ``other``."""
+        mine = asdict(self)
+        return [
+            f"{key}: checkpoint {other.get(key)!r}, now {value!r}"
+            for key, value in mine.items()
+            if key not in self.RESUMABLE_CHANGES and _normalise(other.get(key)) != _normalise(value)
+        ]
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _positive_int(value, name: str, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _one_of(value, name: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise InputError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+class LearningRateFactor:
+    """Multiplier of the base learning rate at a step (picklable, for ``LambdaLR``).
+
+    ``"cosine"`` decays from 1 to ``final`` over ``steps``; ``"step"`` halves at 50 %,
+    75 % and 90 % of the run (ending at ``final`` or above); ``"constant"`` is 1.
+
+    >>> f = LearningRateFactor("cosine", 100, 0.1)
+    >>> f(0), round(f(50), 3), round(f(100), 3)
+    (1.0, 0.55, 0.1)
+    """
+
+    def __init__(self, kind: str, steps: int, final: float) -> None:
+        self.kind, self.steps, self.final = kind, steps, final
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / max(self.steps, 1), 1.0)
+        if self.kind == "cosine":
+            return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            return max(0.5 ** sum(progress >= m for m in (0.5, 0.75, 0.9)), self.final)
+        return 1.0
+
+
+# ---------------------------------------------------------------------------- history
+@dataclass
+class TrainingHistory:
+    """Per-step records of a training run (also written as CSV).
+
+    Each record is a dict with ``step`` (1-based), ``loss``, ``boundary``, ``trade``,
+    ``trade_weight``, ``learning_rate``, ``grad_norm``, ``t_low``/``t_high`` (current
+    condition bounds, K), ``residual`` (RMS TRADE residual of the step, ``k_B T0``),
+    ``skipped``, ``energy_evaluations`` (cumulative), ``nonfinite_energies`` (cumulative),
+    ``wall_time`` (s), and at validation steps ``ess_<T>K``, ``residual_<T>K`` and
+    ``mean_energy_<T>K`` per monitor temperature.
+
+    Examples
+    --------
+    >>> h = TrainingHistory()
+    >>> h.append({"step": 1, "loss": 2.0}); h.append({"step": 2, "loss": 1.0, "ess_300K": 0.5})
+    >>> h["loss"].tolist(), h["ess_300K"].tolist()
+    ([2.0, 1.0], [nan, 0.5])
+    >>> len(h), h.columns
+    (2, ['step', 'loss', 'ess_300K'])
+    """
+
+    records: list[dict] = field(default_factory=list)
+    stop_reason: str = ""
+
+    def append(self, record: dict) -> None:
+        """Add the record of one step."""
+        self.records.append(dict(record))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def columns(self) -> list[str]:
+        """All column names, in order of first appearance."""
+        return list(dict.fromkeys(key for record in self.records for key in record))
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        """One column as a float array (NaN where a record lacks it)."""
+        if column not in self.columns:
+            raise KeyError(f"no column {column!r}; columns are {self.columns}")
+        return np.array([float(r.get(column, math.nan)) for r in self.records])
+
+    @property
+    def last(self) -> dict:
+        """The latest record (empty before the first step)."""
+        return dict(self.records[-1]) if self.records else {}
+
+    @property
+    def validation(self) -> list[dict]:
+        """The records of the steps where validation ran."""
+        return [r for r in self.records if any(k.startswith("ess_") for k in r)]
+
+    @property
+    def skipped_steps(self) -> int:
+        """Number of skipped steps."""
+        return int(sum(r.get("skipped", 0) for r in self.records))
+
+    @property
+    def energy_evaluations(self) -> int:
+        """Energy evaluations spent (cumulative at the last step)."""
+        return int(self.last.get("energy_evaluations", 0))
+
+    def to_csv(self, path: PathLike) -> Path:
+        """Write all records as CSV (atomically); returns the path."""
+        columns = self.columns
+        lines = [",".join(columns)]
+        for record in self.records:
+            lines.append(",".join(_csv_value(record.get(c, "")) for c in columns))
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        return Path(path)
+
+    def state_dict(self) -> dict:
+        """Records and stop reason (for checkpoints)."""
+        return {"records": copy.deepcopy(self.records), "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TrainingHistory:
+        """Rebuild from :meth:`state_dict`."""
+        return cls(copy.deepcopy(list(state["records"])), state.get("stop_reason", ""))
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _temperature_label(temperature: float) -> str:
+    return f"{temperature:g}K"
+
+
+# ---------------------------------------------------------------------------- helpers
+def _boundary_tensor(boundary, event_shape: tuple[int, ...], name: str = "boundary"):
+    """``(M, *event_shape)`` tensor from an mdtraj trajectory (nm), an array or a tensor."""
+    if boundary is None:
+        return None
+    if hasattr(boundary, "xyz") and hasattr(boundary, "topology"):
+        values = torch.from_numpy(np.asarray(boundary.xyz))
+    elif isinstance(boundary, np.ndarray):
+        values = torch.from_numpy(boundary)
+    elif isinstance(boundary, torch.Tensor):
+        values = boundary.detach()
+    else:
+        raise InputError(f"{name} must be an mdtraj.Trajectory, a numpy array or a torch "
+                         f"tensor of shape (M, {', '.join(map(str, event_shape))}), got "
+                         f"{type(boundary).__name__}")
+    if values.dim() != 1 + len(event_shape) or tuple(values.shape[1:]) != tuple(event_shape):
+        raise InputError(f"{name} must have shape (M, {', '.join(map(str, event_shape))}), "
+                         f"got {tuple(values.shape)}")
+    if values.shape[0] < 1:
+        raise InputError(f"{name} must hold at least one sample, got 0")
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(f"{name} holds non-finite coordinates")
+    return values
+
+
+def _checkpoint_file(checkpoint: PathLike | None) -> Path | None:
+    """A checkpoint file from a file path or a folder (``<folder>/checkpoint.pt``)."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    if path.is_dir() or (not path.exists() and path.suffix == ""):
+        return path / CHECKPOINT_NAME
+    return path
+
+
+def _show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def _finite(value) -> bool:
+    return bool(torch.isfinite(torch.as_tensor(value)).all())
+
+
+# ---------------------------------------------------------------------------- trainer
+class Trainer:
+    """The TRADE training loop; :func:`train` is ``Trainer(...).run()``.
+
+    Parameters are those of :func:`train`. A trainer can be advanced in pieces
+    (``run(until=k)`` then ``run()``), checkpointed with :meth:`save_checkpoint` and
+    restored with :meth:`load_checkpoint`.
+
+    Attributes
+    ----------
+    step : int
+        Steps done.
+    history : TrainingHistory
+    counters : dict
+        ``skipped_steps``, ``nonfinite_losses``, ``nonfinite_energies``,
+        ``energy_evaluations``, ``consecutive_skips``.
+
+    Examples
+    --------
+    >>> from openmm_trade.flow import ConditionalFlow
+    >>> from openmm_trade.toys import DoubleWell1D
+    >>> toy = DoubleWell1D()
+    >>> model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1)
+    >>> trainer = Trainer(model, toy, toy.sample(500, 300.0, seed=0), 300.0, steps=10,
+    ...                   batch_size=32, trade_batch_size=16, warmup_steps=5, quiet=True)
+    >>> _ = trainer.run(until=4); trainer.step
+    4
+    >>> len(trainer.run())
+    10
+    """
+
+    def __init__(
+        self,
+        model,
+        energy: Energy,
+        boundary,
+        boundary_temperature: float,
+        temperature_range: tuple[float, float] | None = None,
+        *,
+        validate_every: int | None = None,
+        validation_samples: int = 512,
+        monitor_temperatures=None,
+        checkpoint: PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLike = False,
+        history_csv: PathLike | None = None,
+        quiet: bool = False,
+        energy_budget: int | None = None,
+        device: str | torch.device | None = None,
+        **hyperparameters,
+    ) -> None:
+        if not isinstance(energy, Energy):
+            raise InputError(f"energy must be an openmm_trade Energy, got {type(energy).__name__}")
+        for attribute in ("sample", "log_prob", "temperature_range"):
+            if not hasattr(model, attribute):
+                raise InputError(f"model must follow the flow protocol (missing {attribute!r}), "
+                                 f"got {type(model).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.energy = model, energy
+        if device is not None:
+            model.to(torch.device(device))
+        self.device = torch.device(getattr(model, "device", "cpu"))
+        event_shape = tuple(getattr(model, "event_shape", energy.event_shape))
+        if tuple(energy.event_shape) != event_shape:
+            raise InputError(f"energy event_shape {tuple(energy.event_shape)} does not match the "
+                             f"model's {event_shape}")
+
+        t0 = check_temperature(boundary_temperature, "boundary_temperature")
+        if not isinstance(t0, float):
+            raise InputError(f"boundary_temperature must be one temperature in K, got {t0!r}")
+        model_range = tuple(float(t) for t in model.temperature_range)
+        if temperature_range is None:
+            temperature_range = model_range
+        try:
+            t_min, t_max = (check_temperature(t, "temperature_range") for t in temperature_range)
+        except TypeError:
+            raise InputError("temperature_range must be (T_min, T_max) in K, got "
+                             f"{temperature_range!r}") from None
+        if not t_min <= t0 <= t_max:
+            raise InputError(f"boundary_temperature must lie in temperature_range "
+                             f"[{t_min:g}, {t_max:g}] K, got {t0:g} K")
+        tolerance = 1e-9 * t_max
+        if t_min < model_range[0] - tolerance or t_max > model_range[1] + tolerance:
+            raise InputError(f"temperature_range [{t_min:g}, {t_max:g}] K must lie inside the "
+                             f"model's range [{model_range[0]:g}, {model_range[1]:g}] K")
+        unknown = sorted(set(hyperparameters) - set(TrainingConfig.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"unknown training option(s) {unknown}; known: "
+                             f"{sorted(TrainingConfig.__dataclass_fields__)}")
+        self.config = TrainingConfig(boundary_temperature=t0, temperature_range=(t_min, t_max),
+                                     **hyperparameters)
+        cfg = self.config
+
+        self.validate_every = (None if validate_every is None
+                               else _positive_int(validate_every, "validate_every"))
+        self.validation_samples = _positive_int(validation_samples, "validation_samples")
+        if monitor_temperatures is None:
+            monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
+                                          else {t_min, 0.5 * (t_min + t_max), t_max})
+        self.monitor_temperatures = [float(check_temperature(t, "monitor_temperatures"))
+                                     for t in np.atleast_1d(np.asarray(monitor_temperatures))]
+        self.checkpoint_path = _checkpoint_file(checkpoint)
+        self.checkpoint_every = (None if checkpoint_every is None
+                                 else _positive_int(checkpoint_every, "checkpoint_every"))
+        if self.checkpoint_every is not None and self.checkpoint_path is None:
+            raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
+        self.history_csv = None if history_csv is None else Path(history_csv)
+        self.quiet = bool(quiet)
+        self.energy_budget = (None if energy_budget is None
+                              else _positive_int(energy_budget, "energy_budget"))
+
+        dtype = getattr(model, "dtype", torch.float32)
+        self.boundary = _boundary_tensor(boundary, event_shape)
+        if self.boundary is not None:
+            self.boundary = self.boundary.to(device=self.device, dtype=dtype)
+        if cfg.evaluation_points != "flow" and self.boundary is None:
+            raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
+                             "samples, got boundary=None")
+        self.objective = TradeObjective(
+            energy, t0, (t_min, t_max), loss=cfg.loss, huber_delta=cfg.huber_delta,
+            mean_energy=cfg.mean_energy, evaluation_points=cfg.evaluation_points,
+            grid_size=cfg.grid_size, grid_samples=cfg.grid_samples, grid_ema=cfg.grid_ema)
+
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            LearningRateFactor(cfg.schedule, cfg.steps, cfg.final_learning_rate_factor))
+        self.generator = torch.Generator(device=self.device)
+        self.step = 0
+        self.history = TrainingHistory()
+        self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
+                         "energy_evaluations": 0, "consecutive_skips": 0}
+        self._energy_seen = energy.n_evaluations
+        self._wall_offset = 0.0
+        self._seed_everything(cfg.seed)
+
+        resume_from = None
+        if resume is True:
+            if self.checkpoint_path is None:
+                raise InputError("resume=True needs checkpoint= (a file or folder), got none")
+            resume_from = self.checkpoint_path if self.checkpoint_path.exists() else None
+        elif resume not in (False, None):
+            resume_from = Path(resume)
+            if resume_from.is_dir():
+                resume_from = resume_from / CHECKPOINT_NAME
+            if not resume_from.exists():
+                raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        self._boundary_energies = self._evaluate_boundary()
+        self._beta0 = beta_from_temperature(t0)
+        self._beta_ends = (beta_from_temperature(t_max), beta_from_temperature(t_min))
+
+    # ------------------------------------------------------------------ setup
+    def _seed_everything(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self.generator.manual_seed(seed)
+
+    def _evaluate_boundary(self):
+        """Energies of the boundary samples, once (for boundary evaluation points)."""
+        if self.boundary is None or self.config.evaluation_points == "flow":
+            return None
+        with torch.no_grad():
+            energies = torch.cat([self.energy(chunk.to(torch.float64))
+                                  for chunk in torch.split(self.boundary, 4096)])
+        self._count_energies()
+        bad = ~torch.isfinite(energies)
+        if bool(bad.any()):
+            raise InputError(f"boundary holds {int(bad.sum())} of {bad.numel()} samples with a "
+                             "non-finite energy; remove them before training")
+        return energies.to(torch.float64)
+
+    def _count_energies(self) -> None:
+        now = self.energy.n_evaluations
+        self.counters["energy_evaluations"] += now - self._energy_seen
+        self._energy_seen = now
+
+    # ------------------------------------------------------------------ schedules
+    def trade_weight(self, step: int) -> float:
+        """``λ`` at 0-based ``step``: 0 during warmup, then a linear ramp to ``trade_weight``."""
+        cfg = self.config
+        if step < cfg.warmup_steps or cfg.trade_weight == 0:
+            return 0.0
+        return cfg.trade_weight * min((step - cfg.warmup_steps + 1) / cfg.ramp_steps, 1.0)
+
+    def condition_bounds(self, step: int) -> tuple[float, float]:
+        """Current ``(β_low, β_high)`` of the condition range at 0-based ``step``."""
+        cfg = self.config
+        progress = min(max(step - cfg.warmup_steps, 0) / cfg.widen_steps, 1.0)
+        width = cfg.initial_width + (1.0 - cfg.initial_width) * progress
+        low, high = self._beta_ends
+        return (self._beta0 + width * (low - self._beta0),
+                self._beta0 + width * (high - self._beta0))
+
+    def draw_betas(self, n: int, bounds: tuple[float, float]) -> torch.Tensor:
+        """``n`` inverse temperatures uniform in β or in log T between ``bounds``."""
+        u = torch.rand(n, generator=self.generator, dtype=torch.float64,
+                       device=self.device)
+        low, high = bounds
+        if self.config.condition_sampling == "beta":
+            return low + (high - low) * u
+        log_t_high, log_t_low = (math.log(temperature_from_beta(b)) for b in (low, high))
+        return beta_from_temperature(torch.exp(log_t_low + (log_t_high - log_t_low) * u))
+
+    def _boundary_batch(self, n: int):
+        index = torch.randint(self.boundary.shape[0], (n,), generator=self.generator,
+                              device=self.device)
+        energies = None if self._boundary_energies is None else self._boundary_energies[index]
+        return self.boundary[index], energies
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        """Do one optimisation step (or skip it); returns its history record."""
+        cfg, step = self.config, self.step
+        started = time.perf_counter()
+        self.model.train()
+        weight = self.trade_weight(step)
+        bounds = self.condition_bounds(step)
+        nonfinite = 0
+        if self.boundary is not None:
+            batch, _ = self._boundary_batch(cfg.batch_size)
+            boundary_loss = self.objective.nll(self.model, batch)
+        else:
+            boundary_loss, nonfinite = self.objective.reverse_kl(
+                self.model, cfg.reverse_kl_samples, self.generator)
+        loss = boundary_loss
+        term = None
+        if weight > 0:
+            nonfinite_grid = self.objective.refresh_grid(
+                self.model, *bounds, cfg.grid_nodes_per_step, self.generator)
+            self.counters["nonfinite_energies"] += nonfinite_grid
+            m = cfg.trade_batch_size // cfg.n_conditions
+            betas = self.draw_betas(cfg.n_conditions, bounds)
+            points, energies = (self._boundary_batch(cfg.trade_batch_size)
+                                if cfg.evaluation_points != "flow" else (None, None))
+            term = self.objective.trade_loss(self.model, betas, m, points, energies,
+                                             self.generator)
+            nonfinite += term.n_nonfinite
+            loss = loss + weight * term.loss
+        self.counters["nonfinite_energies"] += nonfinite
+
+        grad_norm = math.nan
+        skipped = nonfinite > 0 or not _finite(loss.detach())
+        if not skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, cfg.grad_clip))
+            skipped = not math.isfinite(grad_norm)
+            if not skipped:
+                self.optimizer.step()
+        else:
+            self.counters["nonfinite_losses"] += int(not _finite(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        self.counters["skipped_steps"] += int(skipped)
+        self.counters["consecutive_skips"] = self.counters["consecutive_skips"] + 1 if skipped \
+            else 0
+        self._count_energies()
+        self._wall_offset += time.perf_counter() - started
+        return {
+            "step": self.step,
+            "loss": float(loss.detach()),
+            "boundary": float(boundary_loss.detach()),
+            "trade": float(term.loss.detach()) if term is not None else math.nan,
+            "trade_weight": weight,
+            "residual": term.rms if term is not None else math.nan,
+            "learning_rate": learning_rate,
+            "grad_norm": grad_norm,
+            "t_low": float(temperature_from_beta(bounds[1])),
+            "t_high": float(temperature_from_beta(bounds[0])),
+            "skipped": int(skipped),
+            "energy_evaluations": self.counters["energy_evaluations"],
+            "nonfinite_energies": self.counters["nonfinite_energies"],
+            "wall_time": self._wall_offset,
+        }
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict:
+        """ESS, mean energy and RMS TRADE residual at each monitor temperature.
+
+        Draws from a generator seeded by ``(seed, step)`` inside a forked global RNG, so it
+        does not change the training trajectory. Returns ``{"ess_<T>K": ..., ...}``.
+        """
+        started = time.perf_counter()
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(
+            (self.config.seed * 1_000_003 + self.step) % 2**63)
+        devices = [self.device] if self.device.type == "cuda" else []
+        record = {}
+        with torch.random.fork_rng(devices=devices):
+            for temperature in self.monitor_temperatures:
+                result = self.objective.diagnostics(self.model, temperature,
+                                                    self.validation_samples, generator)
+                label = _temperature_label(temperature)
+                record[f"ess_{label}"] = result["ess"]
+                record[f"residual_{label}"] = result["residual"]
+                record[f"mean_energy_{label}"] = result["mean_energy"]
+                self.counters["nonfinite_energies"] += result["n_nonfinite"]
+        self.model.train()
+        self._count_energies()
+        self._wall_offset += time.perf_counter() - started
+        record["energy_evaluations"] = self.counters["energy_evaluations"]
+        record["nonfinite_energies"] = self.counters["nonfinite_energies"]
+        record["wall_time"] = self._wall_offset
+        return record
+
+    # ------------------------------------------------------------------ loop
+    def run(self, until: int | None = None) -> TrainingHistory:
+        """Train until step ``until`` (default: ``steps``); returns the history.
+
+        Validates every ``validate_every`` steps and at the last step, checkpoints every
+        ``checkpoint_every`` steps and at the end, and rewrites ``history_csv`` whenever it
+        validates or checkpoints.
+        """
+        cfg = self.config
+        until = cfg.steps if until is None else min(_positive_int(until, "until"), cfg.steps)
+        progress = tqdm(total=cfg.steps, initial=self.step, disable=not _show_progress(self.quiet),
+                        desc="TRADE", unit="step", dynamic_ncols=True)
+        ess_label = f"ess_{_temperature_label(self.monitor_temperatures[-1])}"
+        last_ess = math.nan
+        try:
+            while self.step < until:
+                record = self.train_step()
+                last = self.step == cfg.steps
+                if (self.validate_every and self.step % self.validate_every == 0) or \
+                        (last and self.validate_every):
+                    record.update(self.validate())
+                self.history.append(record)
+                if self.counters["consecutive_skips"] >= cfg.max_consecutive_skips:
+                    self.history.stop_reason = "diverged"
+                    self._save_outputs()
+                    raise TrainingDivergedError(
+                        f"{self.counters['consecutive_skips']} consecutive steps had a "
+                        f"non-finite loss, gradient or energy (step {self.step}; "
+                        f"{self.counters['nonfinite_energies']} non-finite energies so far)")
+                budget_spent = (self.energy_budget is not None
+                                and self.counters["energy_evaluations"] >= self.energy_budget)
+                if budget_spent:
+                    self.history.stop_reason = "energy_budget"
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                    self._write_csv()
+                elif ess_label in record:
+                    self._write_csv()
+                last_ess = record.get(ess_label, last_ess)
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.3g}", ess=f"{last_ess:.2f}")
+                if budget_spent:
+                    break
+        finally:
+            progress.close()
+        if self.step >= cfg.steps and not self.history.stop_reason:
+            self.history.stop_reason = "completed"
+        if self.step >= cfg.steps or self.history.stop_reason == "energy_budget":
+            self._save_outputs()
+        return self.history
+
+    def _save_outputs(self) -> None:
+        if self.checkpoint_path is not None:
+            self.save_checkpoint()
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        if self.history_csv is not None and len(self.history):
+            self.history.to_csv(self.history_csv)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly."""
+        return {
+            "format": _FORMAT,
+            "step": self.step,
+            "config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "rng": {
+                "generator": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "counters": dict(self.counters),
+            "wall_time": self._wall_offset,
+            "history": self.history.state_dict(),
+        }
+
+    def save_checkpoint(self, path: PathLike | None = None) -> Path:
+        """Write :meth:`state_dict` atomically to ``path`` (default: ``checkpoint``)."""
+        path = _checkpoint_file(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise InputError("save_checkpoint needs a path (no checkpoint= was given)")
+        with atomic_write_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+        return path
+
+    def load_checkpoint(self, path: PathLike) -> None:
+        """Restore a run from a checkpoint written by :meth:`save_checkpoint`."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is a CheckpointError
+            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {error}") from error
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise CheckpointError(f"{str(path)!r} is not an openmm_trade training checkpoint")
+        differences = self.config.differences(state["config"])
+        if differences:
+            raise CheckpointError(f"checkpoint {str(path)!r} was written with other settings: "
+                                  + "; ".join(differences))
+        if state["config"]["steps"] != self.config.steps:
+            warnings.warn(f"resuming with steps={self.config.steps} instead of "
+                          f"{state['config']['steps']}: the learning-rate schedule changes",
+                          UserWarning, stacklevel=2)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model: "
+                                  f"{error}") from error
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.lr_lambdas[0] = LearningRateFactor(
+            self.config.schedule, self.config.steps, self.config.final_learning_rate_factor)
+        self.objective.load_state_dict(state["objective"])
+        rng = state["rng"]
+        self.generator.set_state(rng["generator"].cpu() if self.device.type == "cpu"
+                                 else rng["generator"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.counters = dict(state["counters"])
+        self.step = int(state["step"])
+        self._wall_offset = float(state.get("wall_time", 0.0))
+        self.history = TrainingHistory.from_state_dict(state["history"])
+        self.history.stop_reason = ""
+
+
+# ---------------------------------------------------------------------------- train
+def train(
+    model,
+    energy: Energy,
+    boundary,
+    boundary_temperature: float,
+    temperature_range: tuple[float, float] | None = None,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 256,
+    trade_batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    trade_weight: float = 1.0,
+    loss: str = "huber",
+    mean_energy: str = "grid",
+    evaluation_points: str = "flow",
+    warmup_steps: int | None = None,
+    ramp_steps: int | None = None,
+    validate_every: int | None = None,
+    monitor_temperatures=None,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | PathLike = False,
+    history_csv: PathLike | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    energy_budget: int | None = None,
+    device: str | torch.device | None = None,
+    **options,
+) -> TrainingHistory:
+    """Train a conditional flow over a temperature range with TRADE.
+
+    Parameters
+    ----------
+    model : ConditionalFlow, TemperatureFlow or any model of the flow protocol
+        A ``torch.nn.Module`` with ``sample``, ``log_prob``, ``temperature_range``.
+    energy : Energy
+        ``U(x)`` in kJ/mol (``OpenMMEnergy`` or a toy).
+    boundary : mdtraj.Trajectory, array, tensor or None
+        Samples at ``boundary_temperature``: a trajectory (xyz in nm, ``(M, N, 3)``) or
+        ``(M, *event_shape)`` values. ``None``: the boundary term is the reverse KL at T0.
+    boundary_temperature : float
+        ``T0`` in K; must lie in ``temperature_range`` (bottom, top or inside).
+    temperature_range : (float, float), optional
+        Range in K to train over; defaults to ``model.temperature_range``.
+    steps : int
+        Optimisation steps (default 5000, enough for alanine dipeptide).
+    batch_size : int
+        Boundary samples per step (NLL) or reverse-KL samples.
+    trade_batch_size : int
+        TRADE evaluation points per step.
+    learning_rate : float
+        Adam's initial learning rate.
+    trade_weight : float
+        Final ``λ`` (residuals in units of ``k_B T0``; 0 gives an NLL-only run).
+    loss : {"huber", "mse"}
+        Residual penalty (default Huber with ``huber_delta=1`` k_B T0: flow samples in
+        the far tails, e.g. at the edge of a bounded coordinate where the exact density is
+        ~e^-100, have residuals of hundreds of k_B T0 that no model can remove, and under
+        the MSE they dominate the gradient).
+    mean_energy : {"grid", "continuous"}
+        ``⟨U⟩_β`` from a cached EMA grid or from fresh importance samples per condition.
+    evaluation_points : {"flow", "boundary", "both"}
+        Where residuals are evaluated.
+    warmup_steps, ramp_steps : int, optional
+        Boundary-only steps (default ``steps // 5``), then steps over which ``λ`` ramps up
+        and the condition range widens (default ``steps // 5``).
+    validate_every : int, optional
+        Validate (ESS, ⟨U⟩, residual per monitor temperature) every this many steps and
+        at the end.
+    monitor_temperatures : sequence of float, optional
+        Default: the two ends of the range and T0 (or the middle when T0 is an end).
+    checkpoint : path, optional
+        Checkpoint file, or a folder (``<folder>/checkpoint.pt``); written atomically at
+        the end and every ``checkpoint_every`` steps.
+    resume : bool or path
+        ``True``: continue from ``checkpoint`` if it exists; a path: continue from it.
+    history_csv : path, optional
+        Write the history as CSV (atomically) at validations, checkpoints and the end.
+    seed : int
+        Seed of every random draw (same seed → same result on CPU).
+    quiet : bool
+        No progress bar (also off when stderr is not a terminal).
+    energy_budget : int, optional
+        Stop once this many energy evaluations have been spent.
+    device : str or torch.device, optional
+        Move the model there (default: where it is).
+    **options
+        Further :class:`TrainingConfig` fields: ``schedule`` ("cosine", "step",
+        "constant"), ``final_learning_rate_factor``, ``grad_clip``, ``huber_delta``,
+        ``widen_steps``, ``initial_width``, ``condition_sampling`` ("log_temperature",
+        "beta"), ``n_conditions``, ``grid_size``, ``grid_samples``, ``grid_nodes_per_step``,
+        ``grid_ema``, ``reverse_kl_samples``, ``max_consecutive_skips``; and
+        ``validation_samples`` (default 512).
+
+    Returns
+    -------
+    TrainingHistory
+        One record per step done (``len(history)``), with validation columns.
+
+    Examples
+    --------
+    >>> from openmm_trade.flow import ConditionalFlow
+    >>> from openmm_trade.toys import TorsionBond2D
+    >>> toy = TorsionBond2D()
+    >>> model = ConditionalFlow(toy.domains, 600.0, (300.0, 600.0), hidden=8, n_blocks=1)
+    >>> history = train(model, toy, toy.sample(1000, 600.0, seed=0), 600.0, steps=6,
+    ...                 batch_size=32, trade_batch_size=16, warmup_steps=2, ramp_steps=2,
+    ...                 validate_every=3, quiet=True)
+    >>> [round(t) for t in (history.last["t_low"], history.last["t_high"])]
+    [300, 600]
+    >>> sorted(k for k in history.last if k.startswith("ess_"))
+    ['ess_300K', 'ess_450K', 'ess_600K']
+    """
+    validation_samples = options.pop("validation_samples", 512)
+    trainer = Trainer(
+        model, energy, boundary, boundary_temperature, temperature_range,
+        validate_every=validate_every, validation_samples=validation_samples,
+        monitor_temperatures=monitor_temperatures, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume, history_csv=history_csv,
+        quiet=quiet, energy_budget=energy_budget, device=device,
+        steps=steps, batch_size=batch_size, trade_batch_size=trade_batch_size,
+        learning_rate=learning_rate, trade_weight=trade_weight, loss=loss,
+        mean_energy=mean_energy, evaluation_points=evaluation_points,
+        warmup_steps=warmup_steps, ramp_steps=ramp_steps, seed=seed, **options)
+    return trainer.run()

@@ -1,0 +1,262 @@
+"""Training: TRADE transfers exact distributions; resume, seeds, skips, schedules, molecules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_trade.errors import CheckpointError, InputError
+from openmm_trade.flow import ConditionalFlow
+from openmm_trade.toys import DoubleWell1D, HarmonicOscillator, TorsionBond2D
+from openmm_trade.trade import beta_derivative
+from openmm_trade.training import Trainer, TrainingDivergedError, TrainingHistory, train
+from openmm_trade.units import beta_from_temperature
+
+torch.set_num_threads(1)
+
+#: a small configuration for toy transfer runs (about a minute each on one core)
+TRANSFER = dict(batch_size=256, trade_batch_size=128, learning_rate=3e-3, loss="huber",
+                quiet=True, seed=0)
+
+
+def _flow(toy, t0, seed=0, **arch):
+    arch = {"hidden": 32, "n_blocks": 2, "n_bins": 16} | arch
+    return ConditionalFlow(toy.domains, t0, (300.0, 600.0), seed=seed, **arch)
+
+
+def _derivative_error(model, toy, temperature, n=2000):
+    """RMS of (autograd ∂_β log p_θ) - (exact -U + ⟨U⟩_β) at held-out exact samples,
+    relative to the standard deviation of U (the size of the exact derivative)."""
+    x = toy.sample(n, temperature, seed=123).to(model.dtype)
+    beta = torch.full((n,), beta_from_temperature(temperature), dtype=torch.float64)
+    _, d = beta_derivative(model, x, beta, create_graph=False)
+    exact = toy.dlog_density_dbeta(x, temperature)
+    return float((d - exact).pow(2).mean().sqrt() / exact.std())
+
+
+def _transfer(toy, t0, t_far, steps):
+    data = toy.sample(20000, t0, seed=1)
+    results = {}
+    for name, weight in (("trade", 1.0), ("nll", 0.0)):
+        model = _flow(toy, t0)
+        history = train(model, toy, data, t0, steps=steps if weight else steps // 2,
+                        trade_weight=weight, warmup_steps=steps // 4, ramp_steps=steps // 4,
+                        **TRANSFER)
+        assert history.skipped_steps == 0
+        results[name] = {"kl_t0": toy.kl_divergence(model, t0, resolution=256),
+                         "kl_far": toy.kl_divergence(model, t_far, resolution=256),
+                         "derivative": _derivative_error(model, toy, t_far),
+                         "derivative_mid": _derivative_error(model, toy, 450.0)}
+    print(results)
+    return results
+
+
+@pytest.mark.slow
+def test_trade_transfers_the_double_well_downwards():
+    """Samples at 600 K only; the model matches the exact density at 300 K (2× range)."""
+    results = _transfer(DoubleWell1D(), 600.0, 300.0, steps=1200)
+    trade, nll = results["trade"], results["nll"]
+    assert trade["kl_t0"] < 0.02 and nll["kl_t0"] < 0.02  # both fit the boundary
+    assert trade["kl_far"] < 0.02
+    assert nll["kl_far"] > 4 * trade["kl_far"] and nll["kl_far"] > 0.08
+    assert trade["derivative"] < 0.25 and trade["derivative_mid"] < 0.25
+    assert nll["derivative"] > 0.8  # NLL-only: the temperature dependence is not learned
+
+
+@pytest.mark.slow
+def test_trade_transfers_the_torsion_bond_upwards():
+    """Periodic torsion + bounded bond; samples at 300 K only, exact density at 600 K."""
+    results = _transfer(TorsionBond2D(), 300.0, 600.0, steps=1200)
+    trade, nll = results["trade"], results["nll"]
+    assert trade["kl_t0"] < 0.02 and nll["kl_t0"] < 0.02
+    assert trade["kl_far"] < 0.02
+    assert nll["kl_far"] > 4 * trade["kl_far"] and nll["kl_far"] > 0.08
+    assert trade["derivative"] < 0.25 and trade["derivative_mid"] < 0.25
+    assert nll["derivative"] > 0.8
+
+
+# ---------------------------------------------------------------------------- mechanics
+SMALL = dict(steps=20, batch_size=64, trade_batch_size=32, warmup_steps=6, ramp_steps=6,
+             learning_rate=3e-3, grid_samples=64, quiet=True)
+
+
+def _small_model():
+    return ConditionalFlow(DoubleWell1D().domains, 300.0, (300.0, 600.0), hidden=8,
+                           n_blocks=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def well_data():
+    return DoubleWell1D().sample(2000, 300.0, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["grid", "continuous"])
+def test_resume_is_bit_for_bit(tmp_path, well_data, mode):
+    toy = DoubleWell1D()
+    options = dict(SMALL, mean_energy=mode, evaluation_points="both", validate_every=7)
+    reference = _small_model()
+    full = train(reference, toy, well_data, 300.0, **options)
+
+    interrupted = _small_model()
+    trainer = Trainer(interrupted, DoubleWell1D(), well_data, 300.0,
+                      checkpoint=tmp_path / "run", checkpoint_every=10,
+                      history_csv=tmp_path / "history.csv", **options)
+    trainer.run(until=10)  # "killed" after the checkpoint at step 10
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert len(np.loadtxt(tmp_path / "history.csv", delimiter=",", skiprows=1,
+                          usecols=0, ndmin=1)) == 10
+
+    resumed = _small_model()  # fresh weights: everything comes from the checkpoint
+    history = train(resumed, DoubleWell1D(), well_data, 300.0, checkpoint=tmp_path / "run",
+                    resume=True, **options)
+    assert len(history) == 20 and history.stop_reason == "completed"
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(history["loss"], full["loss"])
+    np.testing.assert_array_equal(history["ess_450K"], full["ess_450K"])
+
+
+def test_same_seed_same_result_and_validation_does_not_perturb(well_data):
+    toy = DoubleWell1D()
+    models = [_small_model() for _ in range(3)]
+    train(models[0], toy, well_data, 300.0, seed=4, **SMALL)
+    train(models[1], toy, well_data, 300.0, seed=4, validate_every=3, **SMALL)
+    train(models[2], toy, well_data, 300.0, seed=5, **SMALL)
+    params = [torch.cat([p.flatten() for p in m.parameters()]) for m in models]
+    assert torch.equal(params[0], params[1])
+    assert not torch.equal(params[0], params[2])
+
+
+def test_resume_rejects_other_settings(tmp_path, well_data):
+    toy = DoubleWell1D()
+    train(_small_model(), toy, well_data, 300.0, checkpoint=tmp_path / "c.pt", **SMALL)
+    with pytest.raises(CheckpointError, match="trade_weight"):
+        train(_small_model(), toy, well_data, 300.0, checkpoint=tmp_path / "c.pt", resume=True,
+              **(SMALL | {"trade_weight": 2.0}))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        train(_small_model(), toy, well_data, 300.0, resume=tmp_path / "bad.pt", **SMALL)
+
+
+class FlakyWell(DoubleWell1D):
+    """A double well whose evaluations fail (NaN) while ``failing`` is set."""
+
+    failing = False
+
+    def _energy(self, x):
+        u = super()._energy(x)
+        return torch.full_like(u, math.nan) if self.failing else u
+
+
+def test_nonfinite_energy_skips_the_step_and_is_counted(well_data):
+    energy = FlakyWell()
+    model = _small_model()
+    trainer = Trainer(model, energy, well_data, 300.0, **(SMALL | {"max_consecutive_skips": 3}))
+    trainer.run(until=8)  # into the TRADE phase
+    before = [p.detach().clone() for p in model.parameters()]
+    adam_state = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
+    energy.failing = True
+    record = trainer.train_step()
+    assert record["skipped"] == 1 and math.isnan(record["grad_norm"])
+    assert trainer.counters["skipped_steps"] == 1 and trainer.counters["nonfinite_energies"] > 0
+    assert energy.n_failed > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    for k, v in enumerate(trainer.optimizer.state.values()):
+        assert torch.equal(v["exp_avg"], adam_state[k])
+    energy.failing = False
+    assert trainer.train_step()["skipped"] == 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    energy.failing = True
+    with pytest.raises(TrainingDivergedError, match="3 consecutive"):
+        trainer.run()
+
+
+def test_reverse_kl_boundary_without_data():
+    toy = HarmonicOscillator(spring_constant=100.0, dim=2, window=2.0)
+    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=1, seed=0)
+    kl_before = toy.kl_divergence(model, 300.0, resolution=64)
+    history = train(model, toy, None, 300.0, steps=100, batch_size=128, trade_batch_size=32,
+                    warmup_steps=80, ramp_steps=10, learning_rate=1e-2, quiet=True)
+    assert history.skipped_steps == 0
+    assert toy.kl_divergence(model, 300.0, resolution=64) < 0.5 * kl_before
+    with pytest.raises(InputError, match="boundary"):
+        train(model, toy, None, 300.0, evaluation_points="boundary", **SMALL)
+
+
+@pytest.mark.parametrize("t0", [300.0, 450.0, 600.0])
+def test_condition_schedule_widens_from_t0(t0, well_data):
+    model = ConditionalFlow(DoubleWell1D().domains, t0, (300.0, 600.0), hidden=8, n_blocks=1)
+    trainer = Trainer(model, DoubleWell1D(), well_data, t0, steps=100, warmup_steps=20,
+                      ramp_steps=30, quiet=True)
+    beta0 = beta_from_temperature(t0)
+    assert trainer.trade_weight(19) == 0.0 and trainer.trade_weight(20) == pytest.approx(1 / 30)
+    assert trainer.trade_weight(60) == 1.0
+    low, high = trainer.condition_bounds(20)
+    assert low <= beta0 <= high and high - low <= 0.11 * (beta_from_temperature(300.0)
+                                                          - beta_from_temperature(600.0))
+    low, high = trainer.condition_bounds(60)
+    assert low == pytest.approx(beta_from_temperature(600.0))
+    assert high == pytest.approx(beta_from_temperature(300.0))
+    betas = trainer.draw_betas(1000, (low, high))
+    assert float(betas.min()) >= low and float(betas.max()) <= high
+    # T0 inside: conditions on both sides; T0 at an end: one side only
+    temperatures = 1 / (0.008314462618 * betas)
+    assert (temperatures < t0).any() == (t0 > 300.0) and (temperatures > t0).any() == (t0 < 600.0)
+
+
+def test_energy_budget_and_history_csv(tmp_path, well_data):
+    toy = DoubleWell1D()
+    history = train(_small_model(), toy, well_data, 300.0, energy_budget=500,
+                    history_csv=tmp_path / "h.csv", **SMALL)
+    assert history.stop_reason == "energy_budget" and len(history) < 20
+    assert history.energy_evaluations >= 500
+    assert toy.n_evaluations == history.energy_evaluations
+    header = (tmp_path / "h.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "loss", "trade", "energy_evaluations", "skipped"} <= set(header)
+    loaded = TrainingHistory.from_state_dict(history.state_dict())
+    np.testing.assert_array_equal(loaded["loss"], history["loss"])
+
+
+def test_train_rejects_bad_input(well_data):
+    toy = DoubleWell1D()
+    with pytest.raises(InputError, match="boundary_temperature"):
+        train(_small_model(), toy, well_data, 700.0, **SMALL)
+    with pytest.raises(InputError, match="temperature_range"):
+        train(_small_model(), toy, well_data, 300.0, temperature_range=(250.0, 600.0), **SMALL)
+    with pytest.raises(InputError, match="unknown training option"):
+        train(_small_model(), toy, well_data, 300.0, learning_rat=1.0, **SMALL)
+    with pytest.raises(InputError, match="shape"):
+        train(_small_model(), toy, torch.zeros(10, 2), 300.0, **SMALL)
+    with pytest.raises(InputError, match="loss"):
+        train(_small_model(), toy, well_data, 300.0, loss="l1", **SMALL)
+    with pytest.raises(InputError, match="event_shape"):
+        train(_small_model(), TorsionBond2D(), well_data, 300.0, **SMALL)
+
+
+# ---------------------------------------------------------------------------- molecules
+@pytest.mark.slow
+def test_alanine_dipeptide_vacuum_ci_run(vacuum, tmp_path):
+    """A CI-sized TRADE run on a real OpenMM system: the residual falls, ESS is finite."""
+    import openmm_trade as ot
+    from openmm_trade.flow import TemperatureFlow
+
+    boundary = ot.md.simulate(vacuum, 300.0, n_frames=200, interval_ps=0.5, seed=1,
+                              equilibration_ps=5.0, quiet=True)
+    model = TemperatureFlow.for_system(vacuum, boundary, temperature_range=(300.0, 600.0),
+                                       hidden=32, n_blocks=1, seed=0)
+    with ot.OpenMMEnergy(vacuum, platform="CPU") as energy:
+        history = train(model, energy, boundary, 300.0, steps=120, batch_size=64,
+                        trade_batch_size=32, warmup_steps=40, ramp_steps=20, grid_size=8,
+                        grid_samples=32, grid_nodes_per_step=1, validate_every=60,
+                        validation_samples=128, history_csv=tmp_path / "h.csv", quiet=True)
+        assert energy.n_evaluations == history.energy_evaluations
+    trade = history["residual"][~np.isnan(history["residual"])]
+    assert trade.size >= 70
+    assert np.median(trade[-20:]) < np.median(trade[:10])
+    last = history.last
+    for t in ("300K", "450K", "600K"):
+        assert 0.0 < last[f"ess_{t}"] <= 1.0 and math.isfinite(last[f"residual_{t}"])
+    assert history.energy_evaluations > 0 and history.skipped_steps <= 5
