@@ -1,0 +1,355 @@
+"""The ``openmm-trade`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success, 1 a run failed, 2 bad usage or an invalid configuration,
+130 interrupted (Ctrl-C; resume with ``--resume``).
+
+Example
+-------
+>>> from click.testing import CliRunner
+>>> result = CliRunner().invoke(main, ["systems"])
+>>> "alanine-dipeptide-vacuum" in result.output
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import OpenMMTradeError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+#: The demo: alanine dipeptide in vacuum, MD at 300 K, TRADE over 300-600 K.
+DEMO_CONFIG = {
+    "system": {"name": "alanine-dipeptide-vacuum"},
+    "boundary": {"temperature": 300.0, "n_frames": 10_000, "interval_ps": 1.0,
+                 "equilibration_ps": 20.0},
+    "temperatures": {"range": [300.0, 600.0], "targets": [300.0, 400.0, 500.0, 600.0]},
+    "sampling": {"n": 10_000},
+    "free_energy": {"n": 10_000, "n_bootstrap": 200},
+}
+
+#: A seconds-scale version of the demo for smoke tests (`--quick`); numbers are rough.
+QUICK_OVERRIDES = {
+    "boundary": {"n_frames": 300, "interval_ps": 0.2, "equilibration_ps": 1.0},
+    "temperatures": {"targets": [300.0, 600.0]},
+    "training": {"steps": 30},
+    "sampling": {"n": 200},
+    "free_energy": {"n": 200, "n_bootstrap": 20},
+}
+
+
+def _quiet(quiet: bool) -> bool:
+    """Progress bars only on a terminal and without --quiet."""
+    return quiet or not sys.stderr.isatty()
+
+
+def _handle_errors(function):
+    """Turn library errors into messages and exit codes instead of tracebacks."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (OpenMMTradeError, ValueError) as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(EXIT_USAGE if isinstance(err, ValueError) else EXIT_FAILED)
+        except KeyboardInterrupt:
+            click.echo("interrupted; continue with --resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def _common(function):
+    """Options shared by the commands that run work."""
+    for decorator in reversed([
+        click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, help="Output directory."),
+        click.option("--seed", type=int, default=None, help="Random seed (default 1)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run in --out, skipping finished stages."),
+    ]):
+        function = decorator(function)
+    return function
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = {section: dict(values) for section, values in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
+    from .workflow import RunWorkflow, summary_table
+
+    if seed is not None:
+        config.compute["seed"] = seed
+    workflow = RunWorkflow(config, out, resume=resume, quiet=_quiet(quiet))
+    workflow.execute()
+    click.echo(summary_table(out))
+    click.echo(f"\nwrote {out}/ (report: {out / 'report.md'})")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="openmm-trade")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress messages to stderr.")
+def main(verbose: bool) -> None:
+    """openmm-trade: one normalizing flow for a whole temperature range (TRADE).
+
+    \b
+    Start here:
+      openmm-trade demo                 # alanine dipeptide, 300 -> 600 K, ~15 min
+      openmm-trade run my_run.toml      # your own system / settings
+    """
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+@main.command()
+@_common
+@click.option("--quick", is_flag=True, help="Seconds-scale settings (smoke test; rough numbers).")
+@_handle_errors
+def demo(out, seed, quiet, resume, quick) -> None:
+    """Run the main job on alanine dipeptide (vacuum): MD at 300 K, TRADE to 300-600 K.
+
+    Writes weighted trajectories, free energies, figures and report.md to --out
+    (default ./openmm-trade-demo) and prints a summary table.
+
+    \b
+    Examples:
+      openmm-trade demo
+      openmm-trade demo --out demo_run --seed 2
+      openmm-trade demo --out demo_run --resume   # after an interruption
+    """
+    from .config import validate
+
+    data = _merge(DEMO_CONFIG, QUICK_OVERRIDES) if quick else DEMO_CONFIG
+    config = validate(data, source="<demo>")
+    _run_config(config, out or Path("openmm-trade-demo"), seed, quiet, resume)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@_common
+@click.option("--check", is_flag=True, help="Only validate the configuration.")
+@_handle_errors
+def run(config_file, out, seed, quiet, resume, check) -> None:
+    """Run the whole pipeline described by a TOML CONFIG_FILE.
+
+    See the README ("Run configuration") for the keys. Invalid files are reported
+    with every problem at once and nothing is written.
+
+    \b
+    Examples:
+      openmm-trade run my_run.toml --out runs/my_run
+      openmm-trade run my_run.toml --check
+    """
+    from .config import load
+
+    config = load(config_file)
+    if check:
+        click.echo(f"{config_file}: valid")
+        return
+    _run_config(config, out or Path(config_file.stem), seed, quiet, resume)
+
+
+def _system_options(function):
+    for decorator in reversed([
+        click.option("--system", "system_name", default="alanine-dipeptide-vacuum",
+                     show_default=True, help="Built-in system (see `openmm-trade systems`)."),
+        click.option("--pdb", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Your own PDB instead of a built-in."),
+        click.option("--forcefield", multiple=True, default=("amber99sbildn.xml",),
+                     show_default=True, help="Force-field XML for --pdb (repeatable)."),
+    ]):
+        function = decorator(function)
+    return function
+
+
+def _load_system(system_name: str, pdb, forcefield):
+    from . import systems
+    from .system import MolecularSystem
+
+    if pdb:
+        return MolecularSystem.from_pdb(pdb, forcefield=tuple(forcefield))
+    return systems.load(system_name)
+
+
+@main.command()
+@_system_options
+@click.option("--temperature", type=float, default=300.0, show_default=True, help="K.")
+@click.option("--n-frames", type=int, default=10_000, show_default=True)
+@click.option("--interval-ps", type=float, default=1.0, show_default=True)
+@_common
+@_handle_errors
+def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps,
+       out, seed, quiet, resume) -> None:
+    """Run boundary MD and write OUT/boundary.h5 (frames with potential energies).
+
+    \b
+    Example:
+      openmm-trade md --temperature 300 --n-frames 20000 --interval-ps 0.5 --out run1
+    """
+    from . import md as md_module
+
+    out = out or Path("openmm-trade-md")
+    out.mkdir(parents=True, exist_ok=True)
+    msys = _load_system(system_name, pdb, forcefield)
+    traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
+                              interval_ps=interval_ps, seed=1 if seed is None else seed,
+                              output=out / "boundary.h5", resume=resume, quiet=_quiet(quiet))
+    click.echo(f"wrote {traj.n_frames} frames to {out / 'boundary.h5'}")
+
+
+@main.command()
+@_system_options
+@click.option("--boundary", "boundary_file", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="boundary.h5 from `md`.")
+@click.option("--temperature", type=float, required=True, help="Boundary temperature T0 (K).")
+@click.option("--range", "t_range", type=float, nargs=2, required=True,
+              help="Temperature range LOW HIGH (K).")
+@click.option("--steps", type=int, default=None, help="Training steps (default: the API's).")
+@_common
+@_handle_errors
+def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, steps,
+          out, seed, quiet, resume) -> None:
+    """Train a TemperatureFlow with TRADE; writes OUT/model.pt and OUT/checkpoints/.
+
+    \b
+    Example:
+      openmm-trade train --boundary run1/boundary.h5 --temperature 300 --range 300 600 \\
+          --out run1
+    """
+    from . import md as md_module
+    from .energy import OpenMMEnergy
+    from .flow import TemperatureFlow
+    from .training import train as train_model
+
+    out = out or Path("openmm-trade-train")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    msys = _load_system(system_name, pdb, forcefield)
+    boundary = md_module.load_trajectory(boundary_file)
+    model = TemperatureFlow.for_system(msys, boundary, temperature_range=tuple(t_range),
+                                       reference_temperature=temperature)
+    options = {} if steps is None else {"steps": steps}
+    with OpenMMEnergy(msys) as energy:
+        train_model(model, energy, boundary=boundary, boundary_temperature=temperature,
+                    temperature_range=tuple(t_range), checkpoint=out / "checkpoints",
+                    resume=resume, history_csv=out / "training_history.csv",
+                    seed=1 if seed is None else seed, quiet=_quiet(quiet), **options)
+    model.save(out / "model.pt")
+    click.echo(f"wrote {out / 'model.pt'}")
+
+
+@main.command()
+@_system_options
+@click.option("--model", "model_file", required=True, type=click.Path(exists=True))
+@click.option("--temperature", type=float, multiple=True, required=True,
+              help="Target temperature in K (repeatable).")
+@click.option("-n", "--n-samples", type=int, default=10_000, show_default=True)
+@_common
+@_handle_errors
+def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
+           out, seed, quiet, resume) -> None:
+    """Draw weighted trajectories at new temperatures: OUT/samples/<T>K.h5.
+
+    \b
+    Example:
+      openmm-trade sample --model run1/model.pt --temperature 450 --temperature 600 --out run1
+    """
+    from .energy import OpenMMEnergy
+    from .flow import TemperatureFlow
+    from .sampling import sample as draw
+    from .workflow import temperature_label
+
+    out = out or Path("openmm-trade-samples")
+    msys = _load_system(system_name, pdb, forcefield)
+    model = TemperatureFlow.load(model_file, msys)
+    with OpenMMEnergy(msys) as energy:
+        for t in temperature:
+            path = out / "samples" / f"{temperature_label(t)}.h5"
+            if resume and path.exists():
+                continue
+            wt = draw(model, energy, temperature=t, n=n_samples,
+                      seed=1 if seed is None else seed, quiet=_quiet(quiet))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            wt.save(path)
+            click.echo(f"{t:g} K: ESS {wt.ess:.1%} of {n_samples} -> {path}")
+
+
+@main.command("free-energy")
+@_system_options
+@click.option("--model", "model_file", required=True, type=click.Path(exists=True))
+@click.option("--temperature", type=float, multiple=True, required=True,
+              help="Temperature in K (repeatable); Δf is relative to the model's T0.")
+@click.option("-n", "--n-samples", type=int, default=10_000, show_default=True)
+@_common
+@_handle_errors
+def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n_samples,
+                        out, seed, quiet, resume) -> None:
+    """Δf(T), ⟨U⟩, C_v and ESS across temperature; writes OUT/free_energy.csv.
+
+    \b
+    Example:
+      openmm-trade free-energy --model run1/model.pt --temperature 300 --temperature 450 \\
+          --temperature 600 --out run1
+    """
+    from . import free_energy
+    from .energy import OpenMMEnergy
+    from .flow import TemperatureFlow
+    from .workflow import summary_table
+
+    out = out or Path("openmm-trade-free-energy")
+    out.mkdir(parents=True, exist_ok=True)
+    msys = _load_system(system_name, pdb, forcefield)
+    model = TemperatureFlow.load(model_file, msys)
+    with OpenMMEnergy(msys) as energy:
+        table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
+                                                n=n_samples, seed=1 if seed is None else seed)
+    table.to_csv(out / "free_energy.csv")
+    click.echo(summary_table(out))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_handle_errors
+def report(run_dir) -> None:
+    """Rewrite RUN_DIR/report.md and its figures from a finished run directory.
+
+    \b
+    Example:
+      openmm-trade report openmm-trade-demo
+    """
+    from .report import write_report
+
+    path = write_report(run_dir, figures=True)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+def systems() -> None:
+    """List the built-in systems.
+
+    \b
+    Example:
+      openmm-trade systems
+    """
+    from . import systems as registry
+
+    for name in registry.available():
+        click.echo(f"{name:32s} {registry.definition(name).get('description', '')}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

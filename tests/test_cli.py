@@ -1,0 +1,144 @@
+"""The command line: help texts, a tiny end-to-end run, invalid configs, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from openmm_trade.cli import main
+
+COMMANDS = ["demo", "run", "md", "train", "sample", "free-energy", "report", "systems"]
+
+TINY_RUN = """
+[system]
+name = "alanine-dipeptide-vacuum"
+[boundary]
+temperature = 300.0
+n_frames = 60
+interval_ps = 0.1
+equilibration_ps = 0.2
+[temperatures]
+range = [300.0, 450.0]
+targets = [300.0, 450.0]
+[model]
+hidden = 16
+n_blocks = 1
+[training]
+steps = 6
+[sampling]
+n = 64
+[free_energy]
+n = 64
+n_bootstrap = 10
+"""
+
+OUTPUTS = ["config.toml", "run.log", "stages.json", "boundary.h5", "model.pt",
+           "training_history.csv", "samples/300K.h5", "samples/450K.h5", "free_energy.csv",
+           "populations.csv", "figures/ess.png", "figures/ramachandran.png", "report.md"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+
+
+def test_systems_lists_builtins_in_a_subprocess():
+    result = subprocess.run([sys.executable, "-m", "openmm_trade.cli", "systems"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "alanine-dipeptide-implicit" in result.stdout
+
+
+def test_invalid_config_exits_2_and_writes_nothing(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[system]\nname = 'alanine-dipeptide-vacuum'\n"
+                      "[boundary]\ntemperature = 0\n[training]\nstepz = 3\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "[boundary] temperature: expected a number > 0" in result.output
+    assert "[training] stepz: unknown key" in result.output
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A complete tiny run through the real command line (seconds-scale settings)."""
+    folder = tmp_path_factory.mktemp("cli")
+    config = folder / "tiny.toml"
+    config.write_text(TINY_RUN)
+    out = folder / "run"
+    result = CliRunner().invoke(main, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return config, out, result.output
+
+
+def test_run_writes_every_documented_output(tiny_run):
+    _, out, output = tiny_run
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    assert "ESS" in output and "450.0" in output
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["boundary", "training", "sampling", "free_energy", "figures",
+                            "report"]
+    assert stages["training"]["energy_evaluations"] > 0
+    assert "## Free energies" in (out / "report.md").read_text()
+
+
+def test_rerun_without_resume_refuses_a_used_directory(tiny_run):
+    config, out, _ = tiny_run
+    result = CliRunner().invoke(main, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_resume_skips_finished_stages(tiny_run):
+    config, out, _ = tiny_run
+    stages = json.loads((out / "stages.json").read_text())
+    del stages["free_energy"], stages["figures"], stages["report"]
+    (out / "stages.json").write_text(json.dumps(stages))
+    before = {p: (out / p).stat().st_mtime_ns for p in ["boundary.h5", "model.pt"]}
+    result = CliRunner().invoke(main, ["run", str(config), "--out", str(out), "--resume",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == before
+    assert set(json.loads((out / "stages.json").read_text())) >= {"free_energy", "report"}
+
+
+def test_resume_after_a_killed_run(tmp_path):
+    """Kill the run during training; --resume finishes without redoing the boundary MD."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_RUN.replace("steps = 6", "steps = 150\ncheckpoint_every = 5"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "openmm_trade.cli", "run", str(config), "--out",
+               str(out), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline_checks = 0
+        while not list((out / "checkpoints").glob("*")) and deadline_checks < 1200:
+            if process.poll() is not None:
+                break
+            deadline_checks += 1
+            subprocess.run(["sleep", "0.1"])
+    finally:
+        process.kill()
+        process.wait()
+    stages = json.loads((out / "stages.json").read_text())
+    assert "boundary" in stages and "training" not in stages
+    boundary_mtime = (out / "boundary.h5").stat().st_mtime_ns
+    result = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "boundary.h5").stat().st_mtime_ns == boundary_mtime
+    assert Path(out / "report.md").is_file()
+    history = (out / "training_history.csv").read_text().splitlines()
+    assert len(history) == 1 + 150  # header + one row per step, none lost or repeated
