@@ -252,12 +252,30 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
     click.echo(f"wrote {out / 'model.pt'}")
 
 
+def _model_options(function):
+    """Options of the commands that use a trained model at some temperatures."""
+    for decorator in reversed([
+        _system_options,
+        click.option("--model", "model_file", required=True, type=click.Path(exists=True),
+                     help="model.pt from `train` or `run`."),
+        click.option("--temperature", type=float, multiple=True, required=True,
+                     help="Temperature in K (repeatable)."),
+        click.option("-n", "--n-samples", type=int, default=10_000, show_default=True),
+    ]):
+        function = decorator(function)
+    return function
+
+
+def _load_model(system_name: str, pdb, forcefield, model_file):
+    """The system and the trained TemperatureFlow saved for it."""
+    from .flow import TemperatureFlow
+
+    msys = _load_system(system_name, pdb, forcefield)
+    return msys, TemperatureFlow.load(model_file, msys)
+
+
 @main.command()
-@_system_options
-@click.option("--model", "model_file", required=True, type=click.Path(exists=True))
-@click.option("--temperature", type=float, multiple=True, required=True,
-              help="Target temperature in K (repeatable).")
-@click.option("-n", "--n-samples", type=int, default=10_000, show_default=True)
+@_model_options
 @_common
 @_handle_errors
 def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
@@ -269,13 +287,11 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
       openmm-trade sample --model run1/model.pt --temperature 450 --temperature 600 --out run1
     """
     from .energy import OpenMMEnergy
-    from .flow import TemperatureFlow
     from .sampling import sample as draw
     from .workflow import temperature_label
 
     out = out or Path("openmm-trade-samples")
-    msys = _load_system(system_name, pdb, forcefield)
-    model = TemperatureFlow.load(model_file, msys)
+    msys, model = _load_model(system_name, pdb, forcefield, model_file)
     with OpenMMEnergy(msys) as energy:
         for t in temperature:
             path = out / "samples" / f"{temperature_label(t)}.h5"
@@ -289,16 +305,14 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
 
 
 @main.command("free-energy")
-@_system_options
-@click.option("--model", "model_file", required=True, type=click.Path(exists=True))
-@click.option("--temperature", type=float, multiple=True, required=True,
-              help="Temperature in K (repeatable); Δf is relative to the model's T0.")
-@click.option("-n", "--n-samples", type=int, default=10_000, show_default=True)
+@_model_options
 @_common
 @_handle_errors
 def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n_samples,
                         out, seed, quiet, resume) -> None:
     """Δf(T), ⟨U⟩, C_v and ESS across temperature; writes OUT/free_energy.csv.
+
+    Δf is relative to the model's reference temperature T0.
 
     \b
     Example:
@@ -307,13 +321,11 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
     """
     from . import free_energy
     from .energy import OpenMMEnergy
-    from .flow import TemperatureFlow
     from .workflow import summary_table
 
     out = out or Path("openmm-trade-free-energy")
     out.mkdir(parents=True, exist_ok=True)
-    msys = _load_system(system_name, pdb, forcefield)
-    model = TemperatureFlow.load(model_file, msys)
+    msys, model = _load_model(system_name, pdb, forcefield, model_file)
     with OpenMMEnergy(msys) as energy:
         table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
                                                 n=n_samples, seed=1 if seed is None else seed)

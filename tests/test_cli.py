@@ -142,3 +142,27 @@ def test_resume_after_a_killed_run(tmp_path):
     assert Path(out / "report.md").is_file()
     history = (out / "training_history.csv").read_text().splitlines()
     assert len(history) == 1 + 150  # header + one row per step, none lost or repeated
+
+
+def test_step_by_step_commands(tmp_path):
+    """md -> train -> sample -> free-energy, each a separate command on the same folder."""
+    runner = CliRunner()
+    out = str(tmp_path)
+
+    def invoke(*args):
+        result = runner.invoke(main, [*args, "--out", out, "--quiet"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    invoke("md", "--n-frames", "40", "--interval-ps", "0.1")
+    invoke("train", "--boundary", str(tmp_path / "boundary.h5"), "--temperature", "300",
+           "--range", "300", "400", "--steps", "3")
+    text = invoke("sample", "--model", str(tmp_path / "model.pt"), "--temperature", "350",
+                  "-n", "32")
+    assert "350 K: ESS" in text and (tmp_path / "samples" / "350K.h5").is_file()
+    text = invoke("free-energy", "--model", str(tmp_path / "model.pt"), "--temperature", "300",
+                  "--temperature", "400", "-n", "32")
+    assert "400.0" in text and (tmp_path / "free_energy.csv").is_file()
+    result = runner.invoke(main, ["sample", "--model", str(tmp_path / "model.pt"),
+                                  "--temperature", "-5", "--out", out])
+    assert result.exit_code == 2 and "temperature" in result.output
