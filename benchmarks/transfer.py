@@ -6,9 +6,10 @@ boundary at the high end, transfer downwards):
 1. Boundary data: Langevin MD at T0 (:func:`openmm_trade.md.simulate`), cached in
    ``ot.md.cache_dir()``.
 2. Models (a :class:`TemperatureFlow` each, same architecture and seed):
-   * ``trade``: NLL at T0 + TRADE over the range (:func:`openmm_trade.train`);
-   * ``nll_conditional``: the same conditional flow trained with NLL only
-     (``trade_weight=0``), evaluated at each T's condition;
+   * ``trade``: boundary fit at T0 (NLL, plus the reverse KL at T0 with ``--kl-weight``)
+     + TRADE over the range (:func:`openmm_trade.train` with its default schedule);
+   * ``nll_conditional``: the same conditional flow and boundary objective without the
+     TRADE term (``trade_weight=0``), evaluated at each T's condition;
    * ``t0_reweighted``: that NLL model evaluated at the T0 condition for every T, i.e. an
      unconditional flow at T0 reweighted to T.
 3. At each temperature of ``--temperatures``: ``--n-eval`` samples, importance weights
@@ -25,7 +26,8 @@ Writes ``benchmarks/results/transfer.json`` atomically (``transfer_smoke.json`` 
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transfer.py                       # vacuum, ~hours
+    OMP_NUM_THREADS=1 python benchmarks/transfer.py --directions up      # vacuum, ~25 min
+    OMP_NUM_THREADS=1 python benchmarks/transfer.py                       # both directions
     python benchmarks/transfer.py --system alanine-dipeptide-implicit --steps 5000
     python benchmarks/transfer.py --smoke                                 # ~1 minute
 """
@@ -45,7 +47,7 @@ import torch
 import openmm_trade as ot
 from openmm_trade.files import write_text_atomic
 from openmm_trade.flow import TemperatureFlow
-from openmm_trade.training import DEFAULT_STEPS
+from openmm_trade.training import DEFAULT_KL_WEIGHT, DEFAULT_STEPS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE = dict(frames=100, steps=30, n_eval=64, hidden=16, n_blocks=1, temperatures=3)
@@ -82,14 +84,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--t-low", type=float, default=300.0)
     parser.add_argument("--t-high", type=float, default=600.0)
     parser.add_argument("--temperatures", type=int, default=4,
-                        help="evaluation temperatures, geometrically spaced over the range")
+                        help="evaluation temperatures, evenly spaced over the range")
     parser.add_argument("--directions", default="up,down")
-    parser.add_argument("--frames", type=int, default=20_000)
+    parser.add_argument("--frames", type=int, default=6000)
     parser.add_argument("--interval-ps", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--n-eval", type=int, default=10_000)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--n-blocks", type=int, default=4)
+    parser.add_argument("--kl-weight", type=float, default=DEFAULT_KL_WEIGHT,
+                        help="weight of the reverse KL at T0 added to the NLL (0: NLL only)")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="default: TemperatureFlow.for_system's")
+    parser.add_argument("--n-blocks", type=int, default=None)
+    parser.add_argument("--boundary-file", type=Path, default=None,
+                        help="reuse these MD frames (an mdtraj file) as the boundary of the "
+                             "'up' direction instead of simulating")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny settings (pipeline check)")
@@ -103,9 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def boundary(msys, temperature: float, args) -> tuple[mdtraj.Trajectory, float]:
     """Cached MD frames at ``temperature`` and the seconds spent simulating now."""
+    started = time.perf_counter()
+    if args.boundary_file is not None and temperature == args.t_low:
+        traj = mdtraj.load(str(args.boundary_file))
+        return traj[-args.frames:], time.perf_counter() - started
     path = ot.md.cache_dir() / (f"transfer-{msys.name}-{temperature:g}K-{args.frames}x"
                                 f"{args.interval_ps:g}ps-seed{args.seed}.h5")
-    started = time.perf_counter()
     traj = ot.md.simulate(msys, temperature, n_frames=args.frames, interval_ps=args.interval_ps,
                           seed=args.seed + 1, output=path, resume=True, quiet=True,
                           equilibration_ps=2.0 if args.smoke else 20.0)
@@ -131,6 +142,8 @@ def references(msys, temperatures) -> dict:
     if not summary_path.exists():
         return {}
     summary = json.loads(summary_path.read_text())
+    if summary.get("system") != msys.name:  # a reference of another system does not apply
+        return {}
     out = {"mbar": summary.get("mbar")}
     storage = Path(summary.get("storage", ""))
     if storage.exists():
@@ -172,24 +185,28 @@ def compare(model, energy, reference: dict, t0: float, temperatures, args) -> di
 
 def run_direction(msys, energy, t0: float, args, reference: dict) -> dict:
     t_range = (args.t_low, args.t_high)
-    temperatures = np.geomspace(*t_range, args.temperatures)
+    temperatures = np.linspace(*t_range, args.temperatures)
     traj, md_seconds = boundary(msys, t0, args)
     result = {"boundary_temperature": t0, "md_wall_time_s": md_seconds,
               "boundary_frames": traj.n_frames, "models": {}}
     trained = {}
     for name, weight in (("trade", 1.0), ("nll_conditional", 0.0)):
+        arch = {k: v for k, v in (("hidden", args.hidden), ("n_blocks", args.n_blocks))
+                if v is not None}
         model = TemperatureFlow.for_system(msys, traj, temperature_range=t_range,
-                                           reference_temperature=t0, hidden=args.hidden,
-                                           n_blocks=args.n_blocks, seed=args.seed)
+                                           reference_temperature=t0, seed=args.seed, **arch)
         before, started = energy.n_evaluations, time.perf_counter()
         history = ot.train(model, energy, traj, t0, steps=args.steps, trade_weight=weight,
-                           seed=args.seed, quiet=True)
+                           kl_weight=args.kl_weight, seed=args.seed, quiet=True)
         trained[name] = model
         result["models"][name] = {
             "train_wall_time_s": time.perf_counter() - started,
             "train_energy_evaluations": energy.n_evaluations - before,
             "skipped_steps": history.skipped_steps,
+            "steps": len(history),
         }
+        print(f"  {t0:g} K {name}: trained {len(history)} steps in "
+              f"{result['models'][name]['train_wall_time_s']:.0f} s", file=sys.stderr, flush=True)
     trained["t0_reweighted"] = FixedCondition(trained["nll_conditional"], t0)
     result["models"]["t0_reweighted"] = dict(result["models"]["nll_conditional"])
     for name, model in trained.items():
@@ -199,12 +216,20 @@ def run_direction(msys, energy, t0: float, args, reference: dict) -> dict:
     return result
 
 
+def _json_value(value):
+    """numpy scalars as numbers, paths (and anything else) as strings."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     msys = ot.systems.load(args.system)
-    reference = references(msys, np.geomspace(args.t_low, args.t_high, args.temperatures))
+    reference = references(msys, np.linspace(args.t_low, args.t_high, args.temperatures))
     output = args.output or RESULTS / ("transfer_smoke.json" if args.smoke else "transfer.json")
     results = {"system": args.system, "settings": vars(args) | {"output": str(output)},
                "references": sorted(k for k in reference if reference[k]), "directions": {}}
@@ -214,13 +239,15 @@ def main(argv=None) -> dict:
             t0 = {"up": args.t_low, "down": args.t_high}[direction]
             results["directions"][direction] = run_direction(msys, energy, t0, args, reference)
     results["wall_time_s"] = time.perf_counter() - started
-    write_text_atomic(output, json.dumps(results, indent=2, default=float) + "\n")
-    print(f"{'direction':>9} {'model':>16} {'T':>7} {'ESS':>7} {'train s':>8} {'train U':>9}")
+    write_text_atomic(output, json.dumps(results, indent=2, default=_json_value) + "\n")
+    print(f"{'direction':>9} {'model':>16} {'T':>7} {'ESS':>7} {'train s':>8} {'train U':>9} "
+          f"{'eval s':>7} {'eval U':>7}")
     for direction, block in results["directions"].items():
         for name, entry in block["models"].items():
             for t, row in entry["per_temperature"].items():
                 print(f"{direction:>9} {name:>16} {t:>7} {row['ess']:7.3f} "
-                      f"{entry['train_wall_time_s']:8.1f} {entry['train_energy_evaluations']:9d}")
+                      f"{entry['train_wall_time_s']:8.1f} {entry['train_energy_evaluations']:9d} "
+                      f"{row['wall_time_s']:7.1f} {row['energy_evaluations']:7d}")
     print(f"wrote {output}")
     return results
 

@@ -21,7 +21,12 @@ is asked to satisfy the same identity everywhere in the range:
   above times the constant ``β0²``, so ``trade_weight`` and ``huber_delta`` are
   dimensionless and transfer between systems.
 * Boundary: negative log-likelihood of samples at ``T0``; without data, the reverse KL
-  ``E_{x~p}[β0 U(x) + log p_θ(x | β0)]`` (which is ``KL(p ‖ q) - ln Z(β0)``).
+  ``E_{x~p}[β0 U(x) + log p_θ(x | β0)]`` (which is ``KL(p ‖ q) - ln Z(β0)``). With data
+  the reverse KL can be added to the NLL (``kl_weight`` of :func:`~openmm_trade.train`,
+  as in the Boltzmann generators of Noé et al. 2019): the force field then shapes the
+  model where the finite MD sample cannot, which limits over-fitting. Reduced energies
+  above a cutoff enter the KL logarithmically (:func:`lin_log_cut`), so one badly
+  placed sample cannot blow the gradient up.
 
 Example
 -------
@@ -66,6 +71,7 @@ __all__ = [
     "draw_samples",
     "estimate_mean_energy",
     "importance_mean_energy",
+    "lin_log_cut",
     "residual_loss",
     "trade_residual",
 ]
@@ -196,6 +202,38 @@ def residual_loss(residual: torch.Tensor, loss: str = "mse", huber_delta: float 
     if loss == "mse":
         return residual.pow(2).mean()
     return F.huber_loss(residual, torch.zeros_like(residual), delta=huber_delta)
+
+
+def lin_log_cut(reduced_energy: torch.Tensor, cutoff: float | None,
+                maximum: float = 1e9) -> torch.Tensor:
+    """Linear below ``cutoff``, logarithmic above: ``c + log(1 + u - c)`` for ``u > c``.
+
+    Continuous with a continuous first derivative at the cutoff (slope 1 below,
+    ``1 / (1 + u - c)`` above), so the reverse-KL gradient of a high-energy sample is
+    damped instead of dominating the batch (the idea of bgflow's ``LinLogCutEnergy``).
+    Values are first clamped to ``maximum``; ``cutoff=None`` returns ``u`` unchanged.
+
+    Parameters
+    ----------
+    reduced_energy : torch.Tensor
+        Energies in units of ``k_B T`` (any shape, differentiable).
+    cutoff : float or None
+        Where the logarithmic branch starts (same units).
+    maximum : float
+        Clamp applied before the cut (keeps ``inf``-free arithmetic finite).
+
+    Examples
+    --------
+    >>> u = torch.tensor([-3.0, 10.0, 10.0 + math.e - 1.0])
+    >>> lin_log_cut(u, 10.0).tolist()
+    [-3.0, 10.0, 11.0]
+    """
+    if cutoff is None:
+        return reduced_energy
+    u = reduced_energy.clamp(max=maximum)
+    above = u > cutoff
+    excess = torch.where(above, u - cutoff, torch.zeros_like(u))
+    return torch.where(above, cutoff + torch.log1p(excess), u)
 
 
 def _ess(log_weights: torch.Tensor) -> float:
@@ -481,11 +519,13 @@ class TradeObjective:
         """Negative log-likelihood of boundary samples ``x`` at ``T0`` (mean)."""
         return -model.log_prob(x, self.boundary_temperature).mean()
 
-    def reverse_kl(self, model, n_samples: int, generator: torch.Generator | None = None):
+    def reverse_kl(self, model, n_samples: int, generator: torch.Generator | None = None,
+                   energy_cutoff: float | None = None):
         """``E_{x~p(·|β0)}[β0 U(x) + log p(x|β0)]`` with reparametrised samples.
 
-        Returns the loss and the number of non-finite energies (those samples are left out;
-        the loss is NaN if none is finite).
+        ``energy_cutoff`` (absolute, in ``k_B T0``): reduced energies above it enter
+        through :func:`lin_log_cut`. Returns the loss and the number of non-finite energies
+        (those samples are left out; the loss is NaN if none is finite).
         """
         x, log_p = draw_samples(model, n_samples, self.boundary_temperature, generator)
         energies = self.energy(x.to(torch.float64))
@@ -493,7 +533,8 @@ class TradeObjective:
         n_bad = int((~valid).sum())
         if not bool(valid.any()):
             return torch.full((), math.nan, dtype=torch.float64), n_bad
-        loss = self.beta0 * energies[valid] + log_p.to(torch.float64)[valid]
+        reduced = lin_log_cut(self.beta0 * energies[valid], energy_cutoff)
+        loss = reduced + log_p.to(torch.float64)[valid]
         return loss.mean(), n_bad
 
     # ------------------------------------------------------------------ ⟨U⟩ grid

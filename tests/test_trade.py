@@ -18,6 +18,7 @@ from openmm_trade.trade import (
     beta_derivative,
     estimate_mean_energy,
     importance_mean_energy,
+    lin_log_cut,
     residual_loss,
     trade_residual,
 )
@@ -199,3 +200,35 @@ def test_objective_rejects_bad_options(oscillator):
             TradeObjective(oscillator, 300.0, (300.0, 600.0), **kwargs)
     with pytest.raises(InputError, match="energy"):
         TradeObjective(lambda x: x, 300.0, (300.0, 600.0))
+
+
+def test_lin_log_cut_is_linear_below_logarithmic_above_and_smooth():
+    u = torch.tensor([-5.0, 0.0, 10.0, 11.0, 1e3, 1e12, math.inf], dtype=torch.float64,
+                     requires_grad=True)
+    cut = lin_log_cut(u, 10.0, maximum=1e9)
+    assert cut[:3].tolist() == [-5.0, 0.0, 10.0]
+    assert cut[3].item() == pytest.approx(10.0 + math.log(2.0))
+    assert cut[4].item() == pytest.approx(10.0 + math.log1p(990.0))
+    assert cut[5].item() == pytest.approx(10.0 + math.log1p(1e9 - 10.0))  # clamped
+    assert torch.isfinite(cut).all()
+    (grad,) = torch.autograd.grad(cut.sum(), u)
+    assert grad[:2].tolist() == [1.0, 1.0]
+    assert grad[3].item() == pytest.approx(0.5) and grad[4].item() == pytest.approx(1 / 991)
+    assert grad[5].item() == 0.0 and grad[6].item() == 0.0 and torch.isfinite(grad).all()
+    # continuous value and slope at the cutoff
+    eps = 1e-6
+    below, above = lin_log_cut(torch.tensor([10.0 - eps, 10.0 + eps], dtype=torch.float64), 10.0)
+    assert float(above - below) == pytest.approx(2 * eps, rel=1e-4)
+    assert lin_log_cut(u, None) is u
+
+
+def test_reverse_kl_energy_cutoff(oscillator):
+    objective = TradeObjective(oscillator, 300.0, (300.0, 600.0))
+    model = ExactGaussian(dim=2, width=3.0)  # too wide: some samples have high energy
+    plain, _ = objective.reverse_kl(model, 256, torch.Generator().manual_seed(0))
+    loose, _ = objective.reverse_kl(model, 256, torch.Generator().manual_seed(0),
+                                    energy_cutoff=1e6)
+    tight, _ = objective.reverse_kl(model, 256, torch.Generator().manual_seed(0),
+                                    energy_cutoff=1.0)
+    assert float(loose.detach()) == pytest.approx(float(plain.detach()), abs=1e-12)
+    assert float(tight.detach()) < float(plain.detach())

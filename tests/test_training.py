@@ -186,6 +186,79 @@ def test_reverse_kl_boundary_without_data():
         train(model, toy, None, 300.0, evaluation_points="boundary", **SMALL)
 
 
+def test_reverse_kl_added_to_nll_schedule_and_record(well_data):
+    toy = DoubleWell1D()
+    model = _small_model()
+    trainer = Trainer(model, toy, well_data, 300.0, **(SMALL | {
+        "kl_weight": 0.5, "kl_start": 4, "kl_ramp_steps": 2, "trade_weight": 0.0}))
+    assert [trainer.kl_weight(s) for s in (0, 3, 4, 5, 10)] == [0.0, 0.0, 0.25, 0.5, 0.5]
+    # the cutoff sits kl_energy_cutoff above the data's mean reduced energy
+    mean_u = float(beta_from_temperature(300.0) * toy(well_data.to(torch.float64)).mean())
+    assert trainer._kl_cutoff == pytest.approx(mean_u + 100.0)
+    evaluations = toy.n_evaluations
+    first = trainer.train_step()
+    assert math.isnan(first["kl"]) and first["kl_weight"] == 0.0
+    assert toy.n_evaluations == evaluations  # NLL-only steps evaluate no energies
+    trainer.run(until=6)
+    record = trainer.history.last
+    assert record["kl_weight"] == 0.5 and math.isfinite(record["kl"])
+    assert toy.n_evaluations > evaluations
+    # the step's boundary loss is NLL + w · KL (same draws as the step itself)
+    assert record["boundary"] != pytest.approx(record["kl"])
+    assert trainer.history.skipped_steps == 0
+
+
+def test_combined_objective_gradient_is_nll_plus_weighted_kl(well_data):
+    """The step's gradient equals ∇NLL + w ∇KL computed separately with the same draws."""
+    toy = DoubleWell1D()
+    options = SMALL | {"kl_weight": 0.3, "kl_start": 0, "kl_ramp_steps": 1,
+                       "trade_weight": 0.0, "learning_rate": 1e-3, "grad_clip": 1e9}
+    trainer = Trainer(_small_model(), toy, well_data, 300.0, **options)
+    with torch.no_grad():  # make the model non-trivial first
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    state = trainer.generator.get_state()
+    batch, _ = trainer._boundary_batch(options["batch_size"])
+    nll = trainer.objective.nll(trainer.model, batch)
+    kl, _ = trainer.objective.reverse_kl(trainer.model, trainer.config.reverse_kl_samples,
+                                         trainer.generator, trainer._kl_cutoff)
+    expected = torch.autograd.grad(nll + 0.3 * kl, trainer.parameters)
+    trainer.generator.set_state(state)
+    captured = {}
+
+    def capture(optimizer, args, kwargs):
+        captured["grads"] = [p.grad.clone() for p in trainer.parameters]
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    record = trainer.train_step()
+    assert record["boundary"] == pytest.approx(float((nll + 0.3 * kl).detach()), rel=1e-6)
+    for got, want in zip(captured["grads"], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_reverse_kl_term_rescues_a_tiny_data_set():
+    """With 12 data points NLL over-fits; adding the reverse KL at T0 fixes the fit."""
+    toy = DoubleWell1D()
+    data = toy.sample(12, 300.0, seed=3)
+    kls = {}
+    for weight in (0.0, 1.0):
+        model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=2,
+                                n_bins=8, seed=0)
+        history = train(model, toy, data, 300.0, steps=300, batch_size=64, trade_weight=0.0,
+                        kl_weight=weight, kl_start=50, learning_rate=5e-3, quiet=True)
+        assert history.skipped_steps == 0
+        kls[weight] = toy.kl_divergence(model, 300.0, resolution=256)
+    assert kls[1.0] < 0.5 * kls[0.0]
+
+
+def test_weight_decay_and_kl_options_are_validated(well_data):
+    toy = DoubleWell1D()
+    for key, value in (("kl_weight", -1.0), ("kl_energy_cutoff", 0.0), ("weight_decay", 2.0),
+                       ("kl_start", -1)):
+        with pytest.raises(InputError, match=key):
+            train(_small_model(), toy, well_data, 300.0, **(SMALL | {key: value}))
+
+
 @pytest.mark.parametrize("t0", [300.0, 450.0, 600.0])
 def test_condition_schedule_widens_from_t0(t0, well_data):
     model = ConditionalFlow(DoubleWell1D().domains, t0, (300.0, 600.0), hidden=8, n_blocks=1)
