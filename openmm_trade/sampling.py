@@ -24,6 +24,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -489,7 +490,9 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     output : path, optional
         Stream the samples to this ``.h5`` file (for ~10⁶ samples).
     seed : int, optional
-        Seed for torch's generator inside a forked RNG state (global state is untouched).
+        Seed of the draw: passed as a seeded ``torch.Generator`` to ``model.sample`` when
+        it accepts one (the flows do), and set in a forked global RNG state otherwise (the
+        global state is untouched). The same seed gives the same samples.
     quiet : bool
         No progress bar (also quiet when stderr is not a TTY).
     clip_log_weights : float, optional
@@ -533,8 +536,13 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     samples, energies, log_probs = [], [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))
+        draw_options = {}
         if seed is not None:
             torch.manual_seed(seed)
+            if "generator" in inspect.signature(model.sample).parameters:
+                generator = torch.Generator(device=getattr(model, "device", "cpu"))
+                generator.manual_seed(int(seed))
+                draw_options["generator"] = generator
         writer = None
         if output is not None:
             tmp = stack.enter_context(atomic_write_path(output))
@@ -545,7 +553,7 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
         running = _RunningESS()
         while done < n:
             m = min(int(chunk_size), int(n) - done)
-            x, log_p = model.sample(m, temperature)
+            x, log_p = model.sample(m, temperature, **draw_options)
             u = energy(x).detach().cpu().numpy().astype(np.float64)
             x = x.detach().cpu().numpy()
             log_p = log_p.detach().cpu().numpy().astype(np.float64)
