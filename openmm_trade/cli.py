@@ -27,7 +27,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 #: The demo: alanine dipeptide in vacuum, MD at 300 K, TRADE over 300-600 K.
 DEMO_CONFIG = {
     "system": {"name": "alanine-dipeptide-vacuum"},
-    "boundary": {"temperature": 300.0, "n_frames": 10_000, "interval_ps": 1.0,
+    "boundary": {"temperature": 300.0, "n_frames": 6_000, "interval_ps": 0.5,
                  "equilibration_ps": 20.0},
     "temperatures": {"range": [300.0, 600.0], "targets": [300.0, 400.0, 500.0, 600.0]},
     "sampling": {"n": 10_000},

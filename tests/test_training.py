@@ -263,7 +263,7 @@ def test_weight_decay_and_kl_options_are_validated(well_data):
 def test_condition_schedule_widens_from_t0(t0, well_data):
     model = ConditionalFlow(DoubleWell1D().domains, t0, (300.0, 600.0), hidden=8, n_blocks=1)
     trainer = Trainer(model, DoubleWell1D(), well_data, t0, steps=100, warmup_steps=20,
-                      ramp_steps=30, quiet=True)
+                      ramp_steps=30, trade_weight=1.0, quiet=True)
     beta0 = beta_from_temperature(t0)
     assert trainer.trade_weight(19) == 0.0 and trainer.trade_weight(20) == pytest.approx(1 / 30)
     assert trainer.trade_weight(60) == 1.0
