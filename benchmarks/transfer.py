@@ -47,7 +47,7 @@ import torch
 import openmm_trade as ot
 from openmm_trade.files import write_text_atomic
 from openmm_trade.flow import TemperatureFlow
-from openmm_trade.training import DEFAULT_KL_WEIGHT, DEFAULT_STEPS
+from openmm_trade.training import DEFAULT_KL_WEIGHT, DEFAULT_STEPS, DEFAULT_TRADE_WEIGHT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE = dict(frames=100, steps=30, n_eval=64, hidden=16, n_blocks=1, temperatures=3)
@@ -90,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--interval-ps", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--n-eval", type=int, default=10_000)
+    parser.add_argument("--trade-weight", type=float, default=DEFAULT_TRADE_WEIGHT,
+                        help="final weight of the TRADE term of the 'trade' model")
     parser.add_argument("--kl-weight", type=float, default=DEFAULT_KL_WEIGHT,
                         help="weight of the reverse KL at T0 added to the NLL (0: NLL only)")
     parser.add_argument("--hidden", type=int, default=None,
@@ -190,7 +192,7 @@ def run_direction(msys, energy, t0: float, args, reference: dict) -> dict:
     result = {"boundary_temperature": t0, "md_wall_time_s": md_seconds,
               "boundary_frames": traj.n_frames, "models": {}}
     trained = {}
-    for name, weight in (("trade", 1.0), ("nll_conditional", 0.0)):
+    for name, weight in (("trade", args.trade_weight), ("nll_conditional", 0.0)):
         arch = {k: v for k, v in (("hidden", args.hidden), ("n_blocks", args.n_blocks))
                 if v is not None}
         model = TemperatureFlow.for_system(msys, traj, temperature_range=t_range,
