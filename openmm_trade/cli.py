@@ -107,7 +107,7 @@ def main(verbose: bool) -> None:
 
     \b
     Start here:
-      openmm-trade demo                 # alanine dipeptide, 300 -> 600 K, ~15 min
+      openmm-trade demo                 # alanine dipeptide, 300 -> 600 K, ~10 min
       openmm-trade run my_run.toml      # your own system / settings
     """
     handler = logging.StreamHandler()
