@@ -58,6 +58,9 @@ from openmm_trade.files import write_text_atomic
 from openmm_trade.flow import TemperatureFlow
 from openmm_trade.mbar import mbar_reference
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transfer import FixedCondition  # noqa: E402  (baseline (b), shared with transfer.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
@@ -115,30 +118,6 @@ def state_population(phi_psi, state=STATE) -> tuple[float, float, float]:
     p = float(mask.mean())
     g = statistical_inefficiency(mask.astype(float))
     return p, float(np.sqrt(max(p * (1 - p), 1.0 / len(mask) ** 2) * g / len(mask))), g
-
-
-class FixedCondition(torch.nn.Module):
-    """Baseline (b): a conditional model evaluated at the fixed condition T0 for every T."""
-
-    def __init__(self, model, temperature: float) -> None:
-        super().__init__()
-        self.model, self.temperature = model, float(temperature)
-        for name in ("event_shape", "system", "temperature_range", "reference_temperature"):
-            setattr(self, name, getattr(model, name))
-
-    @property
-    def dtype(self):
-        return self.model.dtype
-
-    @property
-    def device(self):
-        return self.model.device
-
-    def sample(self, n, temperature, generator=None):
-        return self.model.sample(n, self.temperature, generator)
-
-    def log_prob(self, x, temperature):
-        return self.model.log_prob(x, self.temperature)
 
 
 # ---------------------------------------------------------------------------- arguments
