@@ -154,6 +154,13 @@ def _steps_per(interval_ps: float, timestep_ps: float, name: str) -> int:
     return int(steps)
 
 
+def _platform_properties(name: str) -> dict[str, str]:
+    """Context properties: one CPU thread, so that the same seed gives the same trajectory
+    (multi-threaded CPU force sums vary at ~1e-7 and chaotic MD amplifies that); for
+    molecules of a few dozen atoms one thread is also the fastest."""
+    return {"Threads": "1"} if name == "CPU" else {}
+
+
 def _platform(name: str) -> openmm.Platform:
     count = openmm.Platform.getNumPlatforms()
     names = [openmm.Platform.getPlatform(i).getName() for i in range(count)]
@@ -195,7 +202,8 @@ class _EnergyEvaluator:
 
     def __init__(self, system: openmm.System, platform: str = "CPU"):
         self._integrator = openmm.VerletIntegrator(0.001)
-        self._context = openmm.Context(system, self._integrator, _platform(platform))
+        self._context = openmm.Context(system, self._integrator, _platform(platform),
+                                       _platform_properties(platform))
 
     def __call__(self, xyz: np.ndarray) -> np.ndarray:
         energies = np.empty(len(xyz), dtype=np.float64)
@@ -504,7 +512,8 @@ def simulate(
     friction_per_ps : float, default 1.0
         Langevin friction coefficient in 1/ps.
     platform : str, default "CPU"
-        OpenMM platform name ("Reference", "CPU", "CUDA", "OpenCL").
+        OpenMM platform name ("Reference", "CPU", "CUDA", "OpenCL"). On CPU the Context
+        uses one thread, so the same seed gives the same trajectory bit for bit.
     output : path, optional
         HDF5 file (mdtraj layout, with time and potential energies) written as the run
         goes. Every ``checkpoint_every`` frames the new frames are appended and flushed,
@@ -575,7 +584,8 @@ def simulate(
         temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_ps * unit.picosecond
     )
     integrator.setRandomNumberSeed(_openmm_seed(seed))
-    context = openmm.Context(msys.system, integrator, openmm_platform)
+    context = openmm.Context(msys.system, integrator, openmm_platform,
+                             _platform_properties(platform))
     evaluator = _EnergyEvaluator(msys.system, platform)
 
     done_xyz, done_energies = np.zeros((0, msys.n_atoms, 3), np.float32), np.zeros(0)
