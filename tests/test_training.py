@@ -326,9 +326,12 @@ def test_alanine_dipeptide_vacuum_ci_run(vacuum, tmp_path):
                         grid_samples=32, grid_nodes_per_step=1, validate_every=60,
                         validation_samples=128, history_csv=tmp_path / "h.csv", quiet=True)
         assert energy.n_evaluations == history.energy_evaluations
-    trade = history["residual"][~np.isnan(history["residual"])]
+    # The TRADE loss is the Huber penalty of the residual: it must fall. (The raw mean
+    # squared residual is dominated by a few clashing flow samples with U ~ 1e10 kJ/mol at
+    # this size, so its per-step values jump by orders of magnitude and are not compared.)
+    trade = history["trade"][~np.isnan(history["trade"])]
     assert trade.size >= 70
-    assert np.median(trade[-20:]) < np.median(trade[:10])
+    assert np.median(trade[-30:]) < 0.8 * np.median(trade[:30])
     last = history.last
     for t in ("300K", "450K", "600K"):
         assert 0.0 < last[f"ess_{t}"] <= 1.0 and math.isfinite(last[f"residual_{t}"])
