@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ import openmm
 from openmm import unit
 
 from .errors import CheckpointError, InputError
-from .files import write_bytes_atomic
+from .files import atomic_write_path, write_bytes_atomic
 from .mbar import _statistical_inefficiency
 from .system import MolecularSystem
 from .units import KB, check_temperature
@@ -430,19 +429,12 @@ def save_trajectory(traj: mdtraj.Trajectory, path: PathLike) -> Path:
     """
     path = _check_writable(path, "path")
     energies = potential_energies(traj)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".h5", delete=False)
-    handle.close()
-    try:
-        frame_file = _FrameFile(Path(handle.name), traj.topology, mode="w")
+    with atomic_write_path(path) as tmp:
+        frame_file = _FrameFile(tmp, traj.topology, mode="w")
         try:
             frame_file.append(traj.xyz, traj.time, energies)
         finally:
             frame_file.close()
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ from torch import nn
 
 from ..coordinates import ANGLE_EPS, InternalCoordinates
 from ..errors import CheckpointError, InputError
+from ..files import atomic_write_path
 from ..system import MolecularSystem
 from .conditional import ConditionalFlow, alternating_layers
 from .domain import Domain
@@ -342,15 +342,8 @@ class TemperatureFlow(nn.Module):
             "config": self.flow.config,
             "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(payload, file)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write_path(path) as tmp:
+            torch.save(payload, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, msys: MolecularSystem,
