@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import openmm_trade as ot
+from openmm_trade.files import write_text_atomic
 from openmm_trade.mbar import mbar_reference
-from openmm_trade.md import _atomic_write_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = {"iterations": 20, "steps_per_iteration": 50}
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     print(table)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(output, (json.dumps(summary, indent=2) + "\n").encode())
+    write_text_atomic(output, json.dumps(summary, indent=2) + "\n")
     print(f"wrote {output}")
     return summary
 
