@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,6 +168,53 @@ def test_outside_support_is_minus_infinity(flow):
     x = torch.tensor([[0.0, 0.05], [0.0, 0.2], [10.0, 0.2]], dtype=torch.float64)
     log_p = flow.log_prob(x, 300.0)
     assert log_p[0] == -math.inf and torch.isfinite(log_p[1:]).all()
+
+
+def arc_flow():
+    """A torsion restricted to an arc through ±π (like a trans peptide bond) and a bond."""
+    domains = [Domain.arc(2.5, 2.5 + 1.6, loc=math.pi, scale=0.2),
+               Domain.interval(0.1, 0.3, loc=0.2, scale=0.03)]
+    flow = ConditionalFlow(domains, 300.0, T_RANGE, hidden=16, n_blocks=2, n_bins=6,
+                           prior="truncated_normal", seed=2, dtype=torch.float64)
+    return randomize(flow, scale=0.2, seed=2)
+
+
+def test_arc_domain_is_normalised_and_holds_every_sample():
+    model = arc_flow()
+    n = 400
+    omega = 2.5 + (torch.arange(n, dtype=torch.float64) + 0.5) * (1.6 / n)  # passes π
+    bond = 0.1 + (torch.arange(n, dtype=torch.float64) + 0.5) * (0.2 / n)
+    grid = torch.cartesian_prod(omega, bond)
+    wrapped = grid.clone()
+    wrapped[:, 0] = torch.remainder(wrapped[:, 0] + math.pi, 2 * math.pi) - math.pi
+    with torch.no_grad():
+        for temperature in (300.0, 600.0):
+            log_p = model.log_prob(wrapped, temperature)
+            total = float(log_p.exp().sum()) * (1.6 / n) * (0.2 / n)
+            assert abs(total - 1.0) < 1e-3, (temperature, total)
+            assert torch.allclose(log_p, model.log_prob(grid, temperature), atol=1e-9)
+        x, log_p = model.sample(4000, 450.0, torch.Generator().manual_seed(0))
+    assert float(x[:, 0].min()) >= -math.pi and float(x[:, 0].max()) < math.pi
+    distance = torch.remainder(x[:, 0] - 2.5, 2 * math.pi)  # counter-clockwise from low
+    assert float(distance.max()) <= 1.6 + 1e-9
+    assert bool((x[:, 0] < 0).any()) and bool((x[:, 0] > 0).any())  # both sides of ±π
+    assert torch.allclose(model.log_prob(x, 450.0), log_p, atol=1e-8)
+    outside = torch.tensor([[0.0, 0.2], [2.4, 0.2]], dtype=torch.float64)
+    assert bool((model.log_prob(outside, 450.0) == -math.inf).all())
+
+
+def test_arc_from_data_finds_the_occupied_arc():
+    rng = np.random.default_rng(0)
+    through_pi = np.remainder(math.pi + 0.1 * rng.standard_normal(500) + math.pi, 2 * math.pi) \
+        - math.pi
+    domain = Domain.arc_from_data(through_pi, margin=0.5)
+    assert domain.kind == "arc" and -math.pi <= domain.low < math.pi
+    occupied = np.remainder(through_pi - domain.low, 2 * math.pi)
+    assert occupied.min() > 0.0 and occupied.max() < domain.width
+    assert domain.width == pytest.approx(2.0 * np.ptp(np.remainder(through_pi, 2 * math.pi)))
+    assert math.cos(domain.loc - math.pi) > 0.999 and domain.scale == pytest.approx(0.1, rel=0.1)
+    with pytest.raises(InputError, match="arc"):
+        Domain.arc(0.0, 7.0)
 
 
 def test_warns_once_outside_the_training_range():

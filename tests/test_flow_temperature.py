@@ -97,6 +97,30 @@ def test_no_sample_flips_the_ca_chirality(model, vacuum, vacuum_frames):
     assert samples.shape[0] == 10_000 and np.all(signs == reference)
 
 
+def _omegas(msys, xyz: np.ndarray) -> np.ndarray:
+    """mdtraj's ω of both peptide bonds (ACE-ALA, ALA-NME) in degrees."""
+    atoms = {(a.residue.name, a.name): a.index for a in msys.mdtraj_topology.atoms}
+    quads = [[atoms["ACE", "CH3"], atoms["ACE", "C"], atoms["ALA", "N"], atoms["ALA", "CA"]],
+             [atoms["ALA", "CA"], atoms["ALA", "C"], atoms["NME", "N"], atoms["NME", "C"]]]
+    return np.degrees(mdtraj.compute_dihedrals(mdtraj.Trajectory(xyz, msys.mdtraj_topology),
+                                               quads))
+
+
+def test_peptide_bonds_stay_trans_and_backbone_torsions_stay_free(model, vacuum,
+                                                                  vacuum_frames):
+    assert np.all(np.abs(_omegas(vacuum, vacuum_frames)) > 150.0)  # trans in the MD
+    with torch.no_grad():
+        samples = torch.cat([model.sample(5000, t)[0] for t in (300.0, 600.0)])
+    assert np.all(np.abs(_omegas(vacuum, samples.numpy())) > 90.0)  # never cis
+    kinds = {name: model.flow.domains[model.coordinates.torsion_index(name)].kind
+             for name in ("phi", "psi")}
+    assert kinds == {"phi": "circular", "psi": "circular"}
+    free = TemperatureFlow.for_system(vacuum, vacuum_frames, (300.0, 600.0), hidden=8,
+                                      n_blocks=1, restrict_torsions=False)
+    assert "arc" not in {d.kind for d in free.flow.domains}
+    assert "arc" in {d.kind for d in model.flow.domains}
+
+
 def test_save_load_round_trip(model, vacuum, implicit, tmp_path):
     path = tmp_path / "sub" / "model.pt"
     model.save(path)

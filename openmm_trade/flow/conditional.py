@@ -191,6 +191,9 @@ class ConditionalFlow(nn.Module):
         loc = torch.where(circular | torch.tensor([d.loc is None for d in domains]), loc,
                           (loc - low) / width)
         self.register_buffer("circular", circular)
+        # derived from the domains (not saved: models written before arcs existed still load)
+        self.register_buffer("arc", torch.tensor([d.kind == "arc" for d in domains]),
+                             persistent=False)
         # float64 geometry, derived from the domains: plain attributes, not buffers
         self.low, self.width = low, width
         self._log_width = torch.log(width[~circular]).sum()
@@ -279,7 +282,7 @@ class ConditionalFlow(nn.Module):
     def _normalize(self, x: torch.Tensor):
         """Physical → normalised coordinates, support mask ``(B,)`` and log|J| (scalar)."""
         low, width = self.low.to(x.dtype), self.width.to(x.dtype)
-        u = (x - low) / width
+        u = torch.where(self.arc, torch.remainder(x - low, 2 * math.pi), x - low) / width
         inside = ((u >= 0) & (u <= 1)) | self.circular
         u = torch.where(self.circular, torch.remainder(x + math.pi, 2 * math.pi) - math.pi,
                         u.clamp(0.0, 1.0))
@@ -288,6 +291,7 @@ class ConditionalFlow(nn.Module):
     def _denormalize(self, u: torch.Tensor):
         low, width = self.low.to(u.dtype), self.width.to(u.dtype)
         x = torch.where(self.circular, u, low + width * u)
+        x = torch.where(self.arc, torch.remainder(x + math.pi, 2 * math.pi) - math.pi, x)
         return x, self._log_width.to(u.dtype)
 
     # ------------------------------------------------------------------ the bijection

@@ -1,9 +1,13 @@
 """Domain: the support of one coordinate of a :class:`~.ConditionalFlow`.
 
-Three kinds:
+Four kinds:
 
 * ``"circular"``: an angle on ``[-π, π)`` (torsions); inputs are wrapped, the density is
   periodic.
+* ``"arc"``: an angle restricted to the arc from ``low`` to ``high`` counter-clockwise
+  (``-π ≤ low < π``, ``low < high < low + 2π``; ``high`` may pass ``π``: the arc then
+  wraps through ``±π``, as a trans peptide bond at 180° does). Modelled like an interval
+  on the unwrapped angle; samples are wrapped back to ``[-π, π)``.
 * ``"interval"``: a coordinate bounded by nature (a bond angle in ``[0, π]``, a toy on
   ``[-2, 2]``); the flow's support is ``[low, high]``.
 * ``"real"``: an unbounded coordinate; the flow models it on a window ``[low, high]``
@@ -32,17 +36,17 @@ import numpy as np
 
 from ..errors import InputError
 
-KINDS = ("real", "interval", "circular")
+KINDS = ("real", "interval", "circular", "arc")
 
 
 @dataclass(frozen=True)
 class Domain:
-    """Support of one coordinate: ``kind`` in ``("real", "interval", "circular")``.
+    """Support of one coordinate: ``kind`` in ``("real", "interval", "circular", "arc")``.
 
     Parameters
     ----------
     kind : str
-        ``"real"``, ``"interval"`` or ``"circular"``.
+        ``"real"``, ``"interval"``, ``"circular"`` or ``"arc"``.
     low, high : float, optional
         Bounds (required for ``"real"`` and ``"interval"``; ``[-π, π]`` for circular).
     loc, scale : float, optional
@@ -81,6 +85,9 @@ class Domain:
             raise InputError(
                 f"Domain bounds must satisfy low < high (finite), got low={low}, high={high}"
             )
+        if self.kind == "arc" and not (-math.pi <= low < math.pi and high - low < 2 * math.pi):
+            raise InputError(f"an arc Domain needs -π <= low < π and high - low < 2π, got "
+                             f"low={low}, high={high}")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         if self.scale is not None and not float(self.scale) > 0:
@@ -96,6 +103,41 @@ class Domain:
     def interval(cls, low: float, high: float, loc=None, scale=None) -> Domain:
         """A coordinate bounded by nature to ``[low, high]``."""
         return cls("interval", low, high, loc, scale)
+
+    @classmethod
+    def arc(cls, low: float, high: float, loc=None, scale=None) -> Domain:
+        """An angle restricted to the arc ``[low, high]`` (``high`` may pass ``π``).
+
+        >>> Domain.arc(3.0, 3.5).width
+        0.5
+        """
+        return cls("arc", low, high, loc, scale)
+
+    @classmethod
+    def arc_from_data(cls, angles, margin: float = 0.5) -> Domain:
+        """The smallest arc holding ``angles`` (rad), widened by ``margin`` × its width per
+        side; ``loc``/``scale`` are the mean and standard deviation on the arc.
+
+        >>> import numpy as np
+        >>> d = Domain.arc_from_data(np.array([3.0, -3.0]), margin=0.0)  # through ±π
+        >>> round(d.low, 4), round(d.high, 4), round(d.loc, 4)
+        (3.0, 3.2832, 3.1416)
+        """
+        angles = np.asarray(angles, dtype=np.float64).ravel()
+        if angles.size < 2 or not np.all(np.isfinite(angles)):
+            raise InputError(f"angles must hold at least 2 finite samples, got {angles.size}")
+        wrapped = np.remainder(angles + math.pi, 2 * math.pi) - math.pi
+        ordered = np.sort(wrapped)
+        gaps = np.diff(np.append(ordered, ordered[0] + 2 * math.pi))
+        start = float(ordered[(int(np.argmax(gaps)) + 1) % ordered.size])  # after the gap
+        unwrapped = np.remainder(wrapped - start, 2 * math.pi)  # on [0, occupied arc]
+        spread = max(float(unwrapped.max()), 1e-6, float(unwrapped.std()))
+        low = start - margin * spread
+        width = min(spread * (1.0 + 2.0 * margin), 2 * math.pi - 1e-6)
+        shift = float(np.remainder(low + math.pi, 2 * math.pi) - math.pi) - low
+        return cls("arc", low + shift, low + shift + width,
+                   start + shift + float(unwrapped.mean()),
+                   max(float(unwrapped.std()), 1e-3 * width))
 
     @classmethod
     def real(cls, low: float, high: float, loc=None, scale=None) -> Domain:
