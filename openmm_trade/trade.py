@@ -16,6 +16,13 @@ is asked to satisfy the same identity everywhere in the range:
   and interpolated linearly (``"grid"``, :class:`MeanEnergyGrid`).
 * Evaluation points ``x`` are flow samples at the drawn β (detached), boundary data, or
   both.
+* High energies are softened (``energy_cutoff``): reduced energies ``β0 U`` above the
+  cutoff enter the residual and ⟨U⟩ as ``c + log(1 + β0 U - c)`` (:func:`lin_log_cut`),
+  i.e. the target family is ``exp(-β Ũ)`` with ``Ũ = U`` wherever the Boltzmann density
+  is not already negligible. Without it one flow sample with a steric clash
+  (``U ~ 10^6`` kJ/mol) asks ``∂_β log p_θ`` for a slope no flow can take, and in the
+  transfer down in temperature (600 K → 300 K) those points pulled the model apart.
+  Importance weights at sampling time always use the true ``U``.
 * ``ρ`` is the mean squared error or the Huber loss. Residuals are expressed in units of
   ``k_B T0`` (``r · β0``), the derivative with respect to ``β/β0``: the loss is the one
   above times the constant ``β0²``, so ``trade_weight`` and ``huber_delta`` are
@@ -72,6 +79,8 @@ __all__ = [
     "estimate_mean_energy",
     "importance_mean_energy",
     "lin_log_cut",
+    "soften_energies",
+    "SoftenedEnergy",
     "residual_loss",
     "trade_residual",
 ]
@@ -234,6 +243,36 @@ def lin_log_cut(reduced_energy: torch.Tensor, cutoff: float | None,
     above = u > cutoff
     excess = torch.where(above, u - cutoff, torch.zeros_like(u))
     return torch.where(above, cutoff + torch.log1p(excess), u)
+
+
+def soften_energies(energies: torch.Tensor, beta0: float, cutoff: float | None) -> torch.Tensor:
+    """Energies (kJ/mol) with reduced values ``β0 U`` above ``cutoff`` cut lin-log.
+
+    ``Ũ = lin_log_cut(β0 U, cutoff) / β0`` for finite ``U``; non-finite values and
+    ``cutoff=None`` pass through unchanged.
+
+    Examples
+    --------
+    >>> u = torch.tensor([1.0, 1e6, math.inf], dtype=torch.float64)
+    >>> soften_energies(u, beta0=1.0, cutoff=10.0).round(decimals=3).tolist()
+    [1.0, 23.816, inf]
+    """
+    if cutoff is None:
+        return energies
+    finite = torch.isfinite(energies)
+    cut = lin_log_cut(beta0 * torch.where(finite, energies, torch.zeros_like(energies)),
+                      cutoff) / beta0
+    return torch.where(finite, cut, energies)
+
+
+class SoftenedEnergy:
+    """``U`` softened by :func:`soften_energies` (a callable like an :class:`Energy`)."""
+
+    def __init__(self, energy: Energy, beta0: float, cutoff: float | None) -> None:
+        self.energy, self.beta0, self.cutoff = energy, float(beta0), cutoff
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return soften_energies(self.energy(x), self.beta0, self.cutoff)
 
 
 def _ess(log_weights: torch.Tensor) -> float:
@@ -474,6 +513,10 @@ class TradeObjective:
         data (each paired with a drawn β), or both (twice the points).
     grid_size, grid_samples, grid_ema
         Nodes of the ⟨U⟩ grid, flow samples per node refresh, EMA weight.
+    energy_cutoff : float, optional
+        Absolute reduced energy ``β0 U`` above which energies are softened in the TRADE
+        residual, the ⟨U⟩ grid and the reverse KL (:func:`soften_energies`); ``None``:
+        no softening.
 
     Examples
     --------
@@ -492,6 +535,7 @@ class TradeObjective:
         grid_size: int = 16,
         grid_samples: int = 256,
         grid_ema: float = 0.2,
+        energy_cutoff: float | None = None,
     ) -> None:
         if not isinstance(energy, Energy):
             raise InputError(f"energy must be an openmm_trade Energy, got {type(energy).__name__}")
@@ -509,6 +553,11 @@ class TradeObjective:
         if isinstance(grid_samples, bool) or not isinstance(grid_samples, int) or grid_samples < 2:
             raise InputError(f"grid_samples must be an int >= 2, got {grid_samples!r}")
         self.grid_samples = grid_samples
+        if energy_cutoff is not None and not math.isfinite(float(energy_cutoff)):
+            raise InputError(f"energy_cutoff must be a finite number or None, got "
+                             f"{energy_cutoff!r}")
+        self.energy_cutoff = None if energy_cutoff is None else float(energy_cutoff)
+        self.softened = SoftenedEnergy(energy, self.beta0, self.energy_cutoff)
         low, high = temperature_range
         self.grid = (MeanEnergyGrid((low, high), grid_size, grid_ema)
                      if mean_energy == "grid" and low < high else None)
@@ -523,8 +572,8 @@ class TradeObjective:
                    energy_cutoff: float | None = None):
         """``E_{x~p(·|β0)}[β0 U(x) + log p(x|β0)]`` with reparametrised samples.
 
-        ``energy_cutoff`` (absolute, in ``k_B T0``): reduced energies above it enter
-        through :func:`lin_log_cut`. Returns the loss and the number of non-finite energies
+        ``energy_cutoff`` (absolute, in ``k_B T0``; default: the objective's): reduced
+        energies above it enter through :func:`lin_log_cut`. Returns the loss and the number of non-finite energies
         (those samples are left out; the loss is NaN if none is finite).
         """
         x, log_p = draw_samples(model, n_samples, self.boundary_temperature, generator)
@@ -533,6 +582,8 @@ class TradeObjective:
         n_bad = int((~valid).sum())
         if not bool(valid.any()):
             return torch.full((), math.nan, dtype=torch.float64), n_bad
+        if energy_cutoff is None:
+            energy_cutoff = self.energy_cutoff
         reduced = lin_log_cut(self.beta0 * energies[valid], energy_cutoff)
         loss = reduced + log_p.to(torch.float64)[valid]
         return loss.mean(), n_bad
@@ -555,7 +606,7 @@ class TradeObjective:
             order = [(self._cursor + i) % active.size for i in range(min(n_nodes, active.size))]
             chosen = active[order]
             self._cursor = (self._cursor + len(order)) % max(active.size, 1)
-        return self.grid.refresh(model, self.energy, chosen, self.grid_samples, generator)
+        return self.grid.refresh(model, self.softened, chosen, self.grid_samples, generator)
 
     # ------------------------------------------------------------------ TRADE
     def trade_loss(
@@ -596,7 +647,7 @@ class TradeObjective:
                 x, log_p = draw_samples(model, per_point.numel(),
                                         temperature_from_beta(per_point).to(_model_dtype(model))
                                         .to(device), generator)
-                u = self.energy(x.to(torch.float64)).to(torch.float64)
+                u = self.softened(x.to(torch.float64)).to(torch.float64)
             n_bad += int((~torch.isfinite(u)).sum())
             if self.mean_energy == "continuous":
                 estimates = [importance_mean_energy(u[k * m:(k + 1) * m],
@@ -615,7 +666,8 @@ class TradeObjective:
                     f"evaluation_points={self.evaluation_points!r} needs boundary data, got none"
                 )
             points.append(boundary.to(device))
-            energies.append(boundary_energies.to(torch.float64))
+            energies.append(soften_energies(boundary_energies.to(torch.float64), self.beta0,
+                                            self.energy_cutoff))
             point_betas.append(per_point)
         x = torch.cat(points)
         u = torch.cat([e.to(x.device) for e in energies])
@@ -637,7 +689,8 @@ class TradeObjective:
         -------
         dict
             ``ess`` (fraction), ``mean_energy`` (kJ/mol, importance-sampled),
-            ``residual`` (RMS, in ``k_B T0``), ``n_nonfinite``.
+            ``residual`` (RMS of the training objective's residual, with energies
+            softened above ``energy_cutoff``, in ``k_B T0``), ``n_nonfinite``.
 
         Examples
         --------
@@ -657,9 +710,11 @@ class TradeObjective:
         estimate = importance_mean_energy(u, log_p, beta)
         log_w, valid = _log_weights(u, log_p, beta)
         residual = math.nan
-        if estimate.ok and bool(valid.any()):
+        softened = soften_energies(u, self.beta0, self.energy_cutoff)
+        target = importance_mean_energy(softened, log_p, beta)
+        if target.ok and bool(valid.any()):
             betas = torch.full((int(valid.sum()),), beta, dtype=torch.float64)
-            r = trade_residual(model, x.detach()[valid], betas, u[valid], estimate.mean,
+            r = trade_residual(model, x.detach()[valid], betas, softened[valid], target.mean,
                                scale=self.beta0, create_graph=False)
             residual = float(r.pow(2).mean().sqrt())
         return {"ess": _ess(log_w), "mean_energy": estimate.mean,

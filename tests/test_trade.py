@@ -16,10 +16,12 @@ from openmm_trade.trade import (
     MeanEnergyGrid,
     TradeObjective,
     beta_derivative,
+    draw_samples,
     estimate_mean_energy,
     importance_mean_energy,
     lin_log_cut,
     residual_loss,
+    soften_energies,
     trade_residual,
 )
 from openmm_trade.units import KB, beta_from_temperature, temperature_from_beta
@@ -220,6 +222,31 @@ def test_lin_log_cut_is_linear_below_logarithmic_above_and_smooth():
     below, above = lin_log_cut(torch.tensor([10.0 - eps, 10.0 + eps], dtype=torch.float64), 10.0)
     assert float(above - below) == pytest.approx(2 * eps, rel=1e-4)
     assert lin_log_cut(u, None) is u
+
+
+def test_trade_energy_cutoff_softens_the_residual_above_the_cutoff_only(oscillator):
+    """With ``energy_cutoff`` the residual uses Ũ = lin_log_cut(β0 U)/β0: the change of each
+    residual is -(β0 U - lin_log_cut(β0 U)) up to one shared shift (of ⟨Ũ⟩ vs ⟨U⟩)."""
+    model = ExactGaussian(dim=2, width=3.0)
+    betas = torch.tensor([beta_from_temperature(300.0)], dtype=torch.float64)
+    terms = {}
+    for cutoff in (None, 5.0):
+        objective = TradeObjective(oscillator, 300.0, (300.0, 600.0), mean_energy="continuous",
+                                   energy_cutoff=cutoff)
+        terms[cutoff] = objective.trade_loss(model, betas, 512,
+                                             generator=torch.Generator().manual_seed(0))
+    x, _ = draw_samples(model, 512, 300.0, torch.Generator().manual_seed(0))
+    reduced = betas[0] * oscillator(x.to(torch.float64))
+    expected = -(reduced - lin_log_cut(reduced, 5.0))
+    assert int((expected < -1e-9).sum()) > 20  # many points above the cutoff
+    shift = terms[5.0].residual - terms[None].residual - expected
+    assert float(shift.std()) < 1e-8
+    assert float(terms[5.0].rms) < float(terms[None].rms)
+    # soften_energies is lin_log_cut in reduced units and leaves infinities alone
+    u = torch.tensor([1.0, 50.0, math.inf], dtype=torch.float64)
+    assert soften_energies(u, 0.5, 5.0).tolist()[:2] == pytest.approx(
+        [1.0, (5.0 + math.log1p(25.0 - 5.0)) / 0.5])
+    assert soften_energies(u, 0.5, 5.0)[2] == math.inf and soften_energies(u, 0.5, None) is u
 
 
 def test_reverse_kl_energy_cutoff(oscillator):
