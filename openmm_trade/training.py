@@ -18,11 +18,13 @@ Schedule (``t`` is the step):
 * With data, ``kl_weight > 0`` adds the reverse KL at ``T0``,
   ``E_{x~p(·|T0)}[β0 U(x) + log p_θ(x|T0)]``, to the NLL (Noé et al. 2019): from step
   ``kl_start`` (default ``steps // 10``) its weight ramps linearly to ``kl_weight`` over
-  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. Reduced
-  energies more than ``kl_energy_cutoff`` k_B T0 above the data's mean enter
-  logarithmically (:func:`~openmm_trade.trade.lin_log_cut`). The force field then
+  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. The force field then
   corrects the model where a few thousand correlated MD frames cannot, which is what
   limits the ESS of a likelihood-only fit (over-fitting).
+* Reduced energies more than ``energy_cutoff`` k_B T0 above the boundary data's mean
+  (above 0 without data) enter the reverse KL, the TRADE residual and the ⟨U⟩ grid
+  logarithmically (:func:`~openmm_trade.trade.soften_energies`): a sterically clashing
+  flow sample then cannot dominate a step.
 * AdamW (``weight_decay``, default 0: plain Adam) with a cosine (or step) learning-rate
   schedule and gradient-norm clipping.
 
@@ -79,7 +81,7 @@ from tqdm.auto import tqdm
 from .energy import Energy
 from .errors import CheckpointError, InputError, OpenMMTradeError
 from .files import PathLike, atomic_write_path, write_text_atomic
-from .trade import TradeObjective
+from .trade import EVALUATION_POINTS, TradeObjective
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
 
 __all__ = ["DEFAULT_KL_WEIGHT", "DEFAULT_STEPS", "DEFAULT_TRADE_WEIGHT", "Trainer",
@@ -88,9 +90,9 @@ __all__ = ["DEFAULT_KL_WEIGHT", "DEFAULT_STEPS", "DEFAULT_TRADE_WEIGHT", "Traine
 #: default final weight λ of the TRADE term (see ``train``'s ``trade_weight``)
 DEFAULT_TRADE_WEIGHT = 0.3
 
-#: default number of optimisation steps: about 8 minutes of TRADE for alanine dipeptide
-#: on 2 CPU cores (an NLL step takes ~0.1 s, a TRADE step ~0.5 s)
-DEFAULT_STEPS = 1000
+#: default number of optimisation steps: two thirds boundary fit (an NLL step takes ~0.1 s
+#: for alanine dipeptide on one CPU core), then TRADE (~0.5 s a step): about 6 minutes
+DEFAULT_STEPS = 1500
 #: default weight of the reverse KL at T0 added to the NLL when boundary data are given
 DEFAULT_KL_WEIGHT = 0.0
 #: name of the checkpoint file when ``checkpoint`` is a folder
@@ -124,7 +126,7 @@ class TrainingConfig:
     loss: str = "huber"
     huber_delta: float = 1.0
     mean_energy: str = "grid"
-    evaluation_points: str = "flow"
+    evaluation_points: str = "auto"
     warmup_steps: int | None = None
     ramp_steps: int | None = None
     widen_steps: int | None = None
@@ -139,7 +141,7 @@ class TrainingConfig:
     kl_weight: float = DEFAULT_KL_WEIGHT
     kl_start: int | None = None
     kl_ramp_steps: int | None = None
-    kl_energy_cutoff: float | None = 100.0
+    energy_cutoff: float | None = 100.0
     seed: int = 0
     max_consecutive_skips: int = 100
 
@@ -163,8 +165,8 @@ class TrainingConfig:
         if isinstance(self.weight_decay, bool) or not (
                 isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
             raise InputError(f"weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
-        if self.kl_energy_cutoff is not None:
-            _positive_float(self.kl_energy_cutoff, "kl_energy_cutoff")
+        if self.energy_cutoff is not None:
+            _positive_float(self.energy_cutoff, "energy_cutoff")
         if not 0.0 < float(self.final_learning_rate_factor) <= 1.0:
             raise InputError("final_learning_rate_factor must be in (0, 1], got "
                              f"{self.final_learning_rate_factor!r}")
@@ -175,9 +177,9 @@ class TrainingConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an int, got {self.seed!r}")
         if self.warmup_steps is None:
-            self.warmup_steps = self.steps // 5
+            self.warmup_steps = 2 * self.steps // 3
         if self.ramp_steps is None:
-            self.ramp_steps = max(self.steps // 5, 1)
+            self.ramp_steps = max(self.steps // 6, 1)
         if self.widen_steps is None:
             self.widen_steps = self.ramp_steps
         if self.n_conditions is None:
@@ -373,6 +375,24 @@ def _boundary_tensor(boundary, event_shape: tuple[int, ...], name: str = "bounda
     return values
 
 
+def _evaluation_points(requested: str, have_boundary: bool, t0: float, t_max: float) -> str:
+    """Resolve ``evaluation_points="auto"``: boundary data alone when ``T0`` is the top of
+    the range (samples at the highest temperature cover every lower one), flow samples and
+    boundary data otherwise, flow samples alone without data.
+
+    >>> _evaluation_points("auto", True, 600.0, 600.0), _evaluation_points("auto", True, 300.0, 600.0)
+    ('boundary', 'both')
+    """
+    options = ("auto", *EVALUATION_POINTS)
+    if requested not in options:
+        raise InputError(f"evaluation_points must be one of {options}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if not have_boundary:
+        return "flow"
+    return "boundary" if t0 >= t_max else "both"
+
+
 def _checkpoint_file(checkpoint: PathLike | None) -> Path | None:
     """A checkpoint file from a file path or a folder (``<folder>/checkpoint.pt``)."""
     if checkpoint is None:
@@ -507,13 +527,21 @@ class Trainer:
         self.boundary = _boundary_tensor(boundary, event_shape)
         if self.boundary is not None:
             self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-        if cfg.evaluation_points != "flow" and self.boundary is None:
+        self.evaluation_points = _evaluation_points(cfg.evaluation_points, self.boundary is not None,
+                                                    t0, t_max)
+        if self.evaluation_points != "flow" and self.boundary is None:
             raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
                              "samples, got boundary=None")
+        self._energy_seen = energy.n_evaluations
+        self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
+                         "energy_evaluations": 0, "consecutive_skips": 0}
+        self._beta0 = beta_from_temperature(t0)
+        self._boundary_energies = self._evaluate_boundary()
         self.objective = TradeObjective(
             energy, t0, (t_min, t_max), loss=cfg.loss, huber_delta=cfg.huber_delta,
-            mean_energy=cfg.mean_energy, evaluation_points=cfg.evaluation_points,
-            grid_size=cfg.grid_size, grid_samples=cfg.grid_samples, grid_ema=cfg.grid_ema)
+            mean_energy=cfg.mean_energy, evaluation_points=self.evaluation_points,
+            grid_size=cfg.grid_size, grid_samples=cfg.grid_samples, grid_ema=cfg.grid_ema,
+            energy_cutoff=self._energy_cutoff())
 
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=cfg.learning_rate,
@@ -524,9 +552,6 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.step = 0
         self.history = TrainingHistory()
-        self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
-                         "energy_evaluations": 0, "consecutive_skips": 0}
-        self._energy_seen = energy.n_evaluations
         self._wall_offset = 0.0
         self._seed_everything(cfg.seed)
 
@@ -543,9 +568,6 @@ class Trainer:
                 raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-        self._boundary_energies = self._evaluate_boundary()
-        self._beta0 = beta_from_temperature(t0)
-        self._kl_cutoff = self._reverse_kl_cutoff()
         self._beta_ends = (beta_from_temperature(t_max), beta_from_temperature(t_min))
 
     # ------------------------------------------------------------------ setup
@@ -556,8 +578,12 @@ class Trainer:
         self.generator.manual_seed(seed)
 
     def _evaluate_boundary(self):
-        """Energies of the boundary samples, once (for boundary evaluation points)."""
-        if self.boundary is None or self.config.evaluation_points == "flow":
+        """Energies of the boundary samples, once (for boundary evaluation points and the
+        energy cutoff); ``None`` when neither needs them."""
+        cfg = self.config
+        cutoff_needs_them = cfg.energy_cutoff is not None and (cfg.kl_weight > 0
+                                                               or cfg.trade_weight > 0)
+        if self.boundary is None or (self.evaluation_points == "flow" and not cutoff_needs_them):
             return None
         with torch.no_grad():
             energies = torch.cat([self.energy(chunk.to(torch.float64))
@@ -569,26 +595,16 @@ class Trainer:
                              "non-finite energy; remove them before training")
         return energies.to(torch.float64)
 
-    def _reverse_kl_cutoff(self) -> float | None:
-        """Absolute reduced-energy cutoff of the reverse KL (``kl_energy_cutoff`` above the
-        boundary data's mean reduced energy; above 0 without data)."""
+    def _energy_cutoff(self) -> float | None:
+        """Absolute reduced-energy cutoff of :func:`~openmm_trade.trade.soften_energies`:
+        ``energy_cutoff`` above the boundary data's mean reduced energy (above 0 without
+        data)."""
         cfg = self.config
-        if cfg.kl_energy_cutoff is None:
+        if cfg.energy_cutoff is None:
             return None
-        if self.boundary is None:
-            return cfg.kl_energy_cutoff
-        if cfg.kl_weight == 0:
-            return None
-        energies = self._boundary_energies
-        if energies is None:
-            with torch.no_grad():
-                energies = torch.cat([self.energy(chunk.to(torch.float64))
-                                      for chunk in torch.split(self.boundary, 4096)])
-            self._count_energies()
-        finite = energies[torch.isfinite(energies)]
-        if finite.numel() == 0:
-            return cfg.kl_energy_cutoff
-        return float(self._beta0 * finite.to(torch.float64).mean()) + cfg.kl_energy_cutoff
+        if self._boundary_energies is None:
+            return cfg.energy_cutoff
+        return float(self._beta0 * self._boundary_energies.mean()) + cfg.energy_cutoff
 
     def _count_energies(self) -> None:
         now = self.energy.n_evaluations
@@ -653,11 +669,11 @@ class Trainer:
             boundary_loss = self.objective.nll(self.model, batch)
             if kl_weight > 0:
                 kl_loss, nonfinite = self.objective.reverse_kl(
-                    self.model, cfg.reverse_kl_samples, self.generator, self._kl_cutoff)
+                    self.model, cfg.reverse_kl_samples, self.generator)
                 boundary_loss = boundary_loss + kl_weight * kl_loss
         else:
             boundary_loss, nonfinite = self.objective.reverse_kl(
-                self.model, cfg.reverse_kl_samples, self.generator, self._kl_cutoff)
+                self.model, cfg.reverse_kl_samples, self.generator)
         loss = boundary_loss
         term = None
         if weight > 0:
@@ -667,7 +683,7 @@ class Trainer:
             m = cfg.trade_batch_size // cfg.n_conditions
             betas = self.draw_betas(cfg.n_conditions, bounds)
             points, energies = (self._boundary_batch(cfg.trade_batch_size)
-                                if cfg.evaluation_points != "flow" else (None, None))
+                                if self.evaluation_points != "flow" else (None, None))
             term = self.objective.trade_loss(self.model, betas, m, points, energies,
                                              self.generator)
             nonfinite += term.n_nonfinite
@@ -891,7 +907,7 @@ def train(
     trade_weight: float = DEFAULT_TRADE_WEIGHT,
     loss: str = "huber",
     mean_energy: str = "grid",
-    evaluation_points: str = "flow",
+    evaluation_points: str = "auto",
     warmup_steps: int | None = None,
     ramp_steps: int | None = None,
     validate_every: int | None = None,
@@ -922,7 +938,7 @@ def train(
     temperature_range : (float, float), optional
         Range in K to train over; defaults to ``model.temperature_range``.
     steps : int
-        Optimisation steps (default 1000: ~8 min for alanine dipeptide on 2 cores).
+        Optimisation steps (default 1500: ~6 min for alanine dipeptide on one core).
     batch_size : int
         Boundary samples per step (NLL) or reverse-KL samples.
     trade_batch_size : int
@@ -941,11 +957,18 @@ def train(
         the MSE they dominate the gradient).
     mean_energy : {"grid", "continuous"}
         ``⟨U⟩_β`` from a cached EMA grid or from fresh importance samples per condition.
-    evaluation_points : {"flow", "boundary", "both"}
-        Where residuals are evaluated.
+    evaluation_points : {"auto", "flow", "boundary", "both"}
+        Where residuals are evaluated. ``"auto"``: the boundary data alone when ``T0`` is
+        the top of the range (they cover every lower temperature), boundary data and flow
+        samples otherwise (flow samples alone without data). Measured on vacuum alanine
+        dipeptide: flow samples alone let the transfer run away (the residual grew from
+        ~10 to ~10³ k_B T0 and the NLL at T0 fell apart once the conditions reached the
+        far end), with boundary points in the mix it stayed stable.
     warmup_steps, ramp_steps : int, optional
-        Boundary-only steps (default ``steps // 5``), then steps over which ``λ`` ramps up
-        and the condition range widens (default ``steps // 5``).
+        Boundary-only steps (default ``2 * steps // 3``: TRADE starts from a converged
+        fit at T0, since transferring a half-fitted model spreads its errors over the whole
+        range), then steps over which ``λ`` ramps up and the condition range widens
+        (default ``steps // 6``).
     validate_every : int, optional
         Validate (ESS, ⟨U⟩, residual per monitor temperature) every this many steps and
         at the end.
@@ -973,8 +996,9 @@ def train(
         "beta"), ``n_conditions``, ``grid_size``, ``grid_samples``, ``grid_nodes_per_step``,
         ``grid_ema``, ``reverse_kl_samples``, ``max_consecutive_skips``, ``weight_decay``
         (AdamW, default 0), ``kl_weight`` (reverse KL at T0 added to the NLL, default
-        :data:`DEFAULT_KL_WEIGHT`), ``kl_start``, ``kl_ramp_steps``, ``kl_energy_cutoff``
-        (k_B T0 above the data's mean reduced energy, default 100; ``None``: no cut); and
+        :data:`DEFAULT_KL_WEIGHT`), ``kl_start``, ``kl_ramp_steps``, ``energy_cutoff``
+        (k_B T0 above the data's mean reduced energy where energies start to be softened
+        in the reverse KL and the TRADE residual, default 100; ``None``: no softening); and
         ``validation_samples`` (default 512).
 
     Returns

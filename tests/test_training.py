@@ -192,9 +192,9 @@ def test_reverse_kl_added_to_nll_schedule_and_record(well_data):
     trainer = Trainer(model, toy, well_data, 300.0, **(SMALL | {
         "kl_weight": 0.5, "kl_start": 4, "kl_ramp_steps": 2, "trade_weight": 0.0}))
     assert [trainer.kl_weight(s) for s in (0, 3, 4, 5, 10)] == [0.0, 0.0, 0.25, 0.5, 0.5]
-    # the cutoff sits kl_energy_cutoff above the data's mean reduced energy
+    # the cutoff sits energy_cutoff above the data's mean reduced energy
     mean_u = float(beta_from_temperature(300.0) * toy(well_data.to(torch.float64)).mean())
-    assert trainer._kl_cutoff == pytest.approx(mean_u + 100.0)
+    assert trainer.objective.energy_cutoff == pytest.approx(mean_u + 100.0)
     evaluations = toy.n_evaluations
     first = trainer.train_step()
     assert math.isnan(first["kl"]) and first["kl_weight"] == 0.0
@@ -221,7 +221,7 @@ def test_combined_objective_gradient_is_nll_plus_weighted_kl(well_data):
     batch, _ = trainer._boundary_batch(options["batch_size"])
     nll = trainer.objective.nll(trainer.model, batch)
     kl, _ = trainer.objective.reverse_kl(trainer.model, trainer.config.reverse_kl_samples,
-                                         trainer.generator, trainer._kl_cutoff)
+                                         trainer.generator)
     expected = torch.autograd.grad(nll + 0.3 * kl, trainer.parameters)
     trainer.generator.set_state(state)
     captured = {}
@@ -253,7 +253,7 @@ def test_reverse_kl_term_rescues_a_tiny_data_set():
 
 def test_weight_decay_and_kl_options_are_validated(well_data):
     toy = DoubleWell1D()
-    for key, value in (("kl_weight", -1.0), ("kl_energy_cutoff", 0.0), ("weight_decay", 2.0),
+    for key, value in (("kl_weight", -1.0), ("energy_cutoff", 0.0), ("weight_decay", 2.0),
                        ("kl_start", -1)):
         with pytest.raises(InputError, match=key):
             train(_small_model(), toy, well_data, 300.0, **(SMALL | {key: value}))
@@ -321,17 +321,21 @@ def test_alanine_dipeptide_vacuum_ci_run(vacuum, tmp_path):
     model = TemperatureFlow.for_system(vacuum, boundary, temperature_range=(300.0, 600.0),
                                        hidden=32, n_blocks=1, seed=0)
     with ot.OpenMMEnergy(vacuum, platform="CPU") as energy:
-        history = train(model, energy, boundary, 300.0, steps=120, batch_size=64,
-                        trade_batch_size=32, warmup_steps=40, ramp_steps=20, grid_size=8,
-                        grid_samples=32, grid_nodes_per_step=1, validate_every=60,
-                        validation_samples=128, history_csv=tmp_path / "h.csv", quiet=True)
+        # the whole range from the first TRADE step (initial_width=1), so the loss of early
+        # and late steps is taken over the same distribution of conditions
+        history = train(model, energy, boundary, 300.0, steps=160, batch_size=64,
+                        trade_batch_size=32, warmup_steps=60, ramp_steps=20, initial_width=1.0,
+                        evaluation_points="boundary", grid_size=8, grid_samples=32,
+                        grid_nodes_per_step=1, validate_every=80, validation_samples=128,
+                        history_csv=tmp_path / "h.csv", quiet=True)
         assert energy.n_evaluations == history.energy_evaluations
-    # The TRADE loss is the Huber penalty of the residual: it must fall. (The raw mean
-    # squared residual is dominated by a few clashing flow samples with U ~ 1e10 kJ/mol at
-    # this size, so its per-step values jump by orders of magnitude and are not compared.)
+    # On the MD frames the residual ∂_β log p + U - ⟨U⟩ is something a model can remove:
+    # its Huber loss must fall clearly (measured: ~4.9 over the first 20 TRADE steps, ~1.6
+    # over the last 20). Flow samples of so small a model are mostly strained
+    # conformations whose residuals stay large, so they are not used here.
     trade = history["trade"][~np.isnan(history["trade"])]
-    assert trade.size >= 70
-    assert np.median(trade[-30:]) < 0.8 * np.median(trade[:30])
+    assert trade.size == 100
+    assert np.median(trade[-20:]) < 0.6 * np.median(trade[:20])
     last = history.last
     for t in ("300K", "450K", "600K"):
         assert 0.0 < last[f"ess_{t}"] <= 1.0 and math.isfinite(last[f"residual_{t}"])
