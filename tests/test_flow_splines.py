@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from openmm_trade.errors import InputError
 from openmm_trade.flow.couplings import SplineCoupling
 from openmm_trade.flow.priors import BoxPrior
 from openmm_trade.flow.splines import bounded_spline, circular_spline, wrap_angle
@@ -114,10 +115,11 @@ def test_coupling_log_det_equals_full_autograd_jacobian():
     assert torch.allclose(ladj_inv, -ladj, atol=1e-8)
 
 
-@pytest.mark.parametrize("widen", [False, True])
-def test_truncated_normal_prior_normalised_and_consistent(widen):
+@pytest.mark.parametrize("widen,floor", [(False, 0.0), (True, 0.0), (True, 0.05)])
+def test_truncated_normal_prior_normalised_and_consistent(widen, floor):
     prior = BoxPrior(torch.tensor([False, True]), kind="truncated_normal",
-                     loc=torch.tensor([0.3, 0.0]), scale=torch.tensor([0.2, 1.0]), widen=widen)
+                     loc=torch.tensor([0.3, 0.0]), scale=torch.tensor([0.2, 1.0]), widen=widen,
+                     floor=floor)
     grid = (torch.arange(20_000, dtype=torch.float64) + 0.5) / 20_000
     z = torch.stack([grid, torch.zeros_like(grid)], dim=-1)
     for c in (-0.3, 0.0, 0.7):
@@ -127,3 +129,22 @@ def test_truncated_normal_prior_normalised_and_consistent(widen):
                                   dtype=torch.float64)
     assert bool((samples[:, 0] >= 0).all() and (samples[:, 0] <= 1).all())
     assert torch.allclose(log_p, prior.log_prob(samples, torch.full((1000,), 0.5)))
+
+
+def test_prior_floor_is_a_defensive_mixture_with_the_uniform():
+    """Density (1 - α) N_[0,1] + α: its mass above 0.9 (where the normal has ~nothing) is α/10,
+    both in the density and in the samples."""
+    floor = 0.04
+    prior = BoxPrior(torch.tensor([False]), kind="truncated_normal", loc=torch.tensor([0.2]),
+                     scale=torch.tensor([0.05]), floor=floor)
+    grid = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    density = prior.log_prob(grid[:, None], torch.zeros(len(grid))).exp()
+    assert float(density[grid > 0.9].mean()) == pytest.approx(floor, rel=1e-6)
+    n = 200_000
+    samples, log_p = prior.sample(n, torch.zeros(n), torch.Generator().manual_seed(0),
+                                  dtype=torch.float64)
+    tail = float((samples[:, 0] > 0.9).double().mean())
+    assert tail == pytest.approx(floor / 10, abs=4 * math.sqrt(floor / 10 / n))
+    assert torch.allclose(log_p, prior.log_prob(samples, torch.zeros(n)))
+    with pytest.raises(InputError, match="floor"):
+        BoxPrior(torch.tensor([False]), kind="truncated_normal", floor=1.0)

@@ -97,6 +97,9 @@ class ConditionalFlow(nn.Module):
         on each domain's ``loc`` with its ``scale`` (default mid-interval, width / 4).
     widen_prior : bool
         Widen the truncated-normal prior as ``sqrt(T / T0)`` (default off).
+    prior_floor : float
+        Weight of the uniform density mixed into each truncated normal (default 0; see
+        :class:`~.BoxPrior`).
     seed : int
         Seed of the initial weights and of the model's own sampling generator.
     device, dtype
@@ -133,6 +136,7 @@ class ConditionalFlow(nn.Module):
         layers: Sequence[Block] | None = None,
         prior: str = "uniform",
         widen_prior: bool = False,
+        prior_floor: float = 0.0,
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -176,7 +180,8 @@ class ConditionalFlow(nn.Module):
         self._config = dict(hidden=hidden, depth=depth, n_blocks=n_blocks, n_bins=n_bins,
                             layers=None if layers is None else [
                                 [[t, c] for t, c in block] for block in blocks],
-                            prior=prior, widen_prior=widen_prior, seed=self.seed)
+                            prior=prior, widen_prior=widen_prior, prior_floor=prior_floor,
+                            seed=self.seed)
         self.condition_scale = max(abs(math.log(t_min / t0)), abs(math.log(t_max / t0)), 0.1)
         self._warned = False
 
@@ -197,7 +202,7 @@ class ConditionalFlow(nn.Module):
         # float64 geometry, derived from the domains: plain attributes, not buffers
         self.low, self.width = low, width
         self._log_width = torch.log(width[~circular]).sum()
-        self.prior = BoxPrior(circular, prior, loc, scale, widen_prior)
+        self.prior = BoxPrior(circular, prior, loc, scale, widen_prior, prior_floor)
 
         generator = torch.Generator().manual_seed(self.seed)
         couplings = []

@@ -12,7 +12,13 @@ With ``widen=True`` (the temperature-steerable-flow trick, off by default) the t
 normal's width grows as ``scale * sqrt(T / T0) = scale * exp(c / 2)`` where
 ``c = log(T / T0)``; a uniform prior cannot widen.
 
-Sampling is reparametrised (inverse CDF), so samples and log-densities are differentiable
+With ``floor=α > 0`` every bounded coordinate's truncated normal is mixed with the uniform
+density: ``(1 - α) N_[0,1](u) + α``, a defensive mixture (Hesterberg 1995) whose tails
+never fall below ``α``. A flow whose normal tails are too light at a temperature it was
+not trained on (a stiff torsion narrower than the Boltzmann distribution at 600 K)
+otherwise gives a few samples enormous importance weights.
+
+Sampling is reparametrised (inverse CDF; the mixture component is drawn first), so samples and log-densities are differentiable
 with respect to the condition. Truncated-normal arithmetic runs in float64.
 
 Example
@@ -51,6 +57,8 @@ class BoxPrior(nn.Module):
         ignored); default ``0.5`` and ``0.25``.
     widen : bool
         Widen the truncated normal with temperature as ``sqrt(T / T0)``.
+    floor : float
+        Weight ``α ∈ [0, 1)`` of the uniform density mixed into each truncated normal.
 
     Examples
     --------
@@ -63,7 +71,7 @@ class BoxPrior(nn.Module):
     """
 
     def __init__(self, circular: torch.Tensor, kind: str = "uniform", loc=None, scale=None,
-                 widen: bool = False):
+                 widen: bool = False, floor: float = 0.0):
         super().__init__()
         if kind not in PRIOR_KINDS:
             raise InputError(f"prior must be one of {PRIOR_KINDS}, got {kind!r}")
@@ -75,7 +83,9 @@ class BoxPrior(nn.Module):
         scale = torch.full((n,), 0.25) if scale is None else torch.as_tensor(scale).reshape(n)
         if not torch.all(scale[~circular] > 0):
             raise InputError("prior scale must be > 0 for every bounded coordinate")
-        self.kind, self.widen = kind, widen
+        if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+            raise InputError(f"prior floor must be a number in [0, 1), got {floor!r}")
+        self.kind, self.widen, self.floor = kind, widen, float(floor)
         self.register_buffer("circular", circular)
         # float64 by design: plain attributes that follow the device (see _apply)
         self.loc, self.scale = loc.to(torch.float64), scale.to(torch.float64)
@@ -119,7 +129,11 @@ class BoxPrior(nn.Module):
             u = z[:, self._bounded()].to(torch.float64)
             standard = (u - loc) / scale
             terms = -0.5 * standard.pow(2) - torch.log(scale) - 0.5 * _LOG_2PI
-            log_p = log_p + (terms - self._log_mass(alpha, beta)).sum(-1)
+            terms = terms - self._log_mass(alpha, beta)
+            if self.floor > 0:
+                terms = torch.logaddexp(terms + math.log1p(-self.floor),
+                                        torch.full_like(terms, math.log(self.floor)))
+            log_p = log_p + terms.sum(-1)
         return log_p.to(z.dtype)
 
     def sample(self, n: int, condition: torch.Tensor, generator: torch.Generator | None = None,
@@ -135,6 +149,10 @@ class BoxPrior(nn.Module):
             p = cdf_a + uniform[:, self._bounded()] * (cdf_b - cdf_a)
             p = p.clamp(torch.finfo(torch.float64).tiny, 1 - torch.finfo(torch.float64).eps)
             u = (loc + scale * torch.special.ndtri(p)).clamp(0.0, 1.0)
+            if self.floor > 0:  # the uniform component keeps its uniform draw
+                pick = torch.rand(u.shape, generator=generator, device=device,
+                                  dtype=torch.float64) < self.floor
+                u = torch.where(pick, uniform[:, self._bounded()], u)
             z = z.clone()
             z[:, self._bounded()] = u
         z = z.to(dtype)
