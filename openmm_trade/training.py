@@ -947,9 +947,11 @@ def train(
         Adam's initial learning rate.
     trade_weight : float
         Final ``λ`` (residuals in units of ``k_B T0``; 0 gives an NLL-only run). The
-        default 0.3 was the best of 0.1/0.3/1.0 on vacuum alanine dipeptide (1000 steps,
-        ESS at 300/450/600 K: 0.4/1.0/0.8%, 3.7/2.4/0.6%, and a collapse to 0.01% at
-        λ = 1); the analytic toys train well with λ = 1.
+        default 0.3 was the best of 0.1/0.3/1.0 on vacuum alanine dipeptide (with the
+        earlier schedule of 1000 steps, one fifth of them boundary fit, and flow samples as
+        the only evaluation points: ESS at 300/450/600 K 0.4/1.0/0.8 %, 3.7/2.4/0.6 %, and a
+        collapse to 0.01 % at λ = 1; not re-tuned since); the analytic toys train well
+        with λ = 1.
     loss : {"huber", "mse"}
         Residual penalty (default Huber with ``huber_delta=1`` k_B T0: flow samples in
         the far tails, e.g. at the edge of a bounded coordinate where the exact density is
