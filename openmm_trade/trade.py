@@ -573,8 +573,9 @@ class TradeObjective:
         """``E_{x~p(·|β0)}[β0 U(x) + log p(x|β0)]`` with reparametrised samples.
 
         ``energy_cutoff`` (absolute, in ``k_B T0``; default: the objective's): reduced
-        energies above it enter through :func:`lin_log_cut`. Returns the loss and the number of non-finite energies
-        (those samples are left out; the loss is NaN if none is finite).
+        energies above it enter through :func:`lin_log_cut`. Returns the loss and the
+        number of non-finite energies (those samples are left out; the loss is NaN if none
+        is finite).
         """
         x, log_p = draw_samples(model, n_samples, self.boundary_temperature, generator)
         energies = self.energy(x.to(torch.float64))

@@ -18,9 +18,9 @@ Schedule (``t`` is the step):
 * With data, ``kl_weight > 0`` adds the reverse KL at ``T0``,
   ``E_{x~p(·|T0)}[β0 U(x) + log p_θ(x|T0)]``, to the NLL (Noé et al. 2019): from step
   ``kl_start`` (default ``steps // 10``) its weight ramps linearly to ``kl_weight`` over
-  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. The force field then
-  corrects the model where a few thousand correlated MD frames cannot, which is what
-  limits the ESS of a likelihood-only fit (over-fitting).
+  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. The
+  force field then corrects the model where a few thousand correlated MD frames cannot,
+  which is what limits the ESS of a likelihood-only fit (over-fitting).
 * Reduced energies more than ``energy_cutoff`` k_B T0 above the boundary data's mean
   (above 0 without data) enter the reverse KL, the TRADE residual and the ⟨U⟩ grid
   logarithmically (:func:`~openmm_trade.trade.soften_energies`): a sterically clashing
@@ -380,8 +380,8 @@ def _evaluation_points(requested: str, have_boundary: bool, t0: float, t_max: fl
     the range (samples at the highest temperature cover every lower one), flow samples and
     boundary data otherwise, flow samples alone without data.
 
-    >>> _evaluation_points("auto", True, 600.0, 600.0), _evaluation_points("auto", True, 300.0, 600.0)
-    ('boundary', 'both')
+    >>> [_evaluation_points("auto", True, t0, 600.0) for t0 in (600.0, 300.0)]
+    ['boundary', 'both']
     """
     options = ("auto", *EVALUATION_POINTS)
     if requested not in options:
@@ -527,8 +527,8 @@ class Trainer:
         self.boundary = _boundary_tensor(boundary, event_shape)
         if self.boundary is not None:
             self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-        self.evaluation_points = _evaluation_points(cfg.evaluation_points, self.boundary is not None,
-                                                    t0, t_max)
+        self.evaluation_points = _evaluation_points(
+            cfg.evaluation_points, self.boundary is not None, t0, t_max)
         if self.evaluation_points != "flow" and self.boundary is None:
             raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
                              "samples, got boundary=None")

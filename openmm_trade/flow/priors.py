@@ -18,8 +18,9 @@ never fall below ``α``. A flow whose normal tails are too light at a temperatur
 not trained on (a stiff torsion narrower than the Boltzmann distribution at 600 K)
 otherwise gives a few samples enormous importance weights.
 
-Sampling is reparametrised (inverse CDF; the mixture component is drawn first), so samples and log-densities are differentiable
-with respect to the condition. Truncated-normal arithmetic runs in float64.
+Sampling is reparametrised (inverse CDF; the mixture component is drawn first), so samples
+and log-densities are differentiable with respect to the condition. Truncated-normal
+arithmetic runs in float64.
 
 Example
 -------

@@ -266,9 +266,9 @@ class TemperatureFlow(nn.Module):
             bounded coordinate's prior (:class:`~.BoxPrior`), so no coordinate's tail is
             lighter than that (600 K → 300 K: the heaviest of 5000 weights fell from
             0.3-0.5 to 0.05-0.09, ESS 0.1-3.4 % → 1.3-2.9 % over 300-600 K). The
-            defaults (64 wide, 3 blocks, 8 bins) are the best measured for alanine dipeptide from a few thousand MD
-            frames: wider or deeper flows over-fit such data (ESS at T0 falls, see
-            ``benchmarks/results/tuning.json``).
+            defaults (64 wide, 3 blocks, 8 bins) are the best measured for alanine
+            dipeptide from a few thousand MD frames: wider or deeper flows over-fit such
+            data (ESS at T0 falls, see ``benchmarks/results/tuning.json``).
 
         Returns
         -------
