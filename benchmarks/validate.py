@@ -27,10 +27,10 @@ setting (``up``: boundary MD at T0 = 300 K, ``down``: T0 = 600 K):
    generation, training and sampling separately.
 
 Writes ``benchmarks/results/validate.json`` (``validate_quick.json`` with ``--quick``),
-``docs/validation.md`` (``docs/validation_quick.md``) and the figure
-``docs/validation_ramachandran.png`` (φ/ψ free-energy surfaces at 300, ~445, 600 K, TRADE vs
-PT, and the state populations against temperature; ``validation_quick_ramachandran.png``
-with ``--quick``).
+``docs/validation.md`` (``docs/validation_quick.md``) and one figure per setting,
+``docs/validation_ramachandran_up.png`` and ``..._down.png`` (φ/ψ free-energy surfaces at
+300, ~445, 600 K, TRADE vs PT, and the state populations against temperature;
+``validation_quick_ramachandran_*.png`` with ``--quick``).
 
 Usage::
 
@@ -607,13 +607,18 @@ def markdown(results: dict) -> str:
                   f"* TRADE ESS above (a) and (b) at {b['farthest_T']:.0f} K: "
                   f"{'pass' if b['trade_ess_above_a_and_b_at_farthest_T'] else '**FAIL**'}",
                   ""]
-    if results.get("figure"):
-        lines += [f"Figure: `{Path(results['figure']).name}` (TRADE vs PT, T0 = "
-                  f"{results['figure_t0']:g} K).", ""]
+    for direction, path in results.get("figures", {}).items():
+        t0 = results["settings"][direction]["boundary_temperature"]
+        lines += [f"Figure, T0 = {t0:g} K: `{Path(path).name}` (TRADE vs PT).", ""]
     return "\n".join(lines)
 
 
-def figure(setting, wts, ref, indices, args) -> Path | None:
+def figure_path(args, direction: str) -> Path:
+    """``docs/validation_ramachandran_<direction>.png`` (``--figure`` gives the stem)."""
+    return args.figure.with_name(f"{args.figure.stem}_{direction}{args.figure.suffix}")
+
+
+def figure(setting, wts, ref, indices, args, path: Path) -> Path | None:
     """φ/ψ surfaces at 3 temperatures (TRADE above PT) and populations vs T."""
     import matplotlib.image as mpimg
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -631,7 +636,7 @@ def figure(setting, wts, ref, indices, args) -> Path | None:
                                       ot.cv.ramachandran, bins=36, n_bootstrap=10,
                                       temperature=float(temps[k]), seed=args.seed)
                for k in wanted]
-    tmp = args.figure.parent / ".validate_fig"
+    tmp = path.parent / ".validate_fig"
     tmp.mkdir(parents=True, exist_ok=True)
     panels = ot.plots.ramachandran_panels(model_fes, tmp / "panels.png", reference=ref_fes)
     model_pops = ot.free_energy.populations_vs_temperature(
@@ -654,11 +659,11 @@ def figure(setting, wts, ref, indices, args) -> Path | None:
                  "vs parallel tempering (bottom); populations: TRADE (filled) vs PT (open)",
                  fontsize=9)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=0.93, wspace=0.01)
-    ot.plots._save(fig, args.figure, dpi=120)
+    ot.plots._save(fig, path, dpi=120)
     for p in (panels, pops):
         p.unlink(missing_ok=True)
     tmp.rmdir()
-    return args.figure
+    return path
 
 
 # ---------------------------------------------------------------------------- main
@@ -684,12 +689,11 @@ def main(argv=None) -> dict:
             results["settings"][direction] = setting
             results["wall_time_s"] = time.perf_counter() - started
             write_json(args.output, results)  # partial results after each setting
-            if not args.no_figure and "figure" not in results:
-                log("figure")
-                path = figure(setting, wts, ref, indices, args)
+            if not args.no_figure:
+                log(f"figure ({direction})")
+                path = figure(setting, wts, ref, indices, args, figure_path(args, direction))
                 if path is not None:
-                    results["figure"] = str(path)
-                    results["figure_t0"] = setting["boundary_temperature"]
+                    results.setdefault("figures", {})[direction] = str(path)
             del wts
     results["wall_time_s"] = time.perf_counter() - started
     write_json(args.output, results)
@@ -698,7 +702,7 @@ def main(argv=None) -> dict:
     write_text_atomic(args.markdown, text + "\n")
     print(text)
     log(f"wrote {args.output}, {args.markdown}"
-        + (f", {results['figure']}" if results.get("figure") else ""))
+        + "".join(f", {path}" for path in results.get("figures", {}).values()))
     return results
 
 
