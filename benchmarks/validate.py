@@ -595,7 +595,10 @@ def markdown(results: dict) -> str:
         lines += ["", "(c) uses the PT's statistical inefficiency of φ/ψ at T (replica exchange "
                   "decorrelates faster than plain MD, so it is an upper bound for MD) and the "
                   "MD rate of the boundary run; (d) compares PT prefixes with the full run they "
-                  "are part of (optimistic for PT at long prefixes).", ""]
+                  "are part of (optimistic for PT at long prefixes); 'not reached': even the "
+                  "full run scored against itself (same histogram smoothing, its own n_eff) has "
+                  "a larger KL than TRADE's, i.e. this reference cannot resolve TRADE's KL.",
+                  ""]
         b = setting["bars"]
         lines += ["Minimum bars (TRADE):", "",
                   f"* ESS ≥ 5% at every T: {'pass' if b['ess_ge_5pct_all_T'] else '**FAIL**'}",
