@@ -1176,7 +1176,8 @@ def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoin
     from openmmtools.multistate import MultiStateReporter, ParallelTemperingSampler
 
     start = time.perf_counter()
-    context_cache = cache.ContextCache(platform=openmm_platform)
+    context_cache = cache.ContextCache(platform=openmm_platform,
+                                       platform_properties=_platform_properties(platform))
     reporter = MultiStateReporter(str(storage), checkpoint_interval=1,
                                   checkpoint_storage=checkpoint.name)
     if storage.exists():
