@@ -107,7 +107,7 @@ def test_parallel_tempering_mbar_on_harmonic_wells(tmp_path):
     """End to end: openmmtools PT on exact harmonic wells, MBAR within 3σ of Z(β)."""
     msys = harmonic_wells()
     temps = np.array([300.0, 450.0])
-    pt = ot.md.parallel_tempering(msys, temps, n_iterations=150, steps_per_iteration=100,
+    pt = ot.md.parallel_tempering(msys, temps, n_iterations=400, steps_per_iteration=100,
                                   timestep_ps=0.005, storage=tmp_path / "wells.nc", seed=3,
                                   quiet=True)
     table = mbar_reference(pt)  # auto equilibration, subsampled by g
