@@ -39,6 +39,19 @@ from ..errors import InputError
 KINDS = ("real", "interval", "circular", "arc")
 
 
+def _checked_samples(values, margin: float, name: str) -> np.ndarray:
+    """``values`` as a flat float64 array of at least 2 finite samples; ``margin >= 0``."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size < 2 or not np.all(np.isfinite(values)):
+        raise InputError(
+            f"{name} must hold at least 2 finite samples, got {values.size} samples"
+            f" ({int(np.sum(~np.isfinite(values)))} non-finite)"
+        )
+    if margin < 0:
+        raise InputError(f"margin must be >= 0, got {margin}")
+    return values
+
+
 @dataclass(frozen=True)
 class Domain:
     """Support of one coordinate: ``kind`` in ``("real", "interval", "circular", "arc")``.
@@ -123,9 +136,7 @@ class Domain:
         >>> round(d.low, 4), round(d.high, 4), round(d.loc, 4)
         (3.0, 3.2832, 3.1416)
         """
-        angles = np.asarray(angles, dtype=np.float64).ravel()
-        if angles.size < 2 or not np.all(np.isfinite(angles)):
-            raise InputError(f"angles must hold at least 2 finite samples, got {angles.size}")
+        angles = _checked_samples(angles, margin, "angles")
         wrapped = np.remainder(angles + math.pi, 2 * math.pi) - math.pi
         ordered = np.sort(wrapped)
         gaps = np.diff(np.append(ordered, ordered[0] + 2 * math.pi))
@@ -176,14 +187,7 @@ class Domain:
         >>> Domain.from_data(np.array([0.1, 0.2]), margin=1.0, bounds=(0.0, None)).low
         0.0
         """
-        values = np.asarray(values, dtype=np.float64).ravel()
-        if values.size < 2 or not np.all(np.isfinite(values)):
-            raise InputError(
-                f"values must hold at least 2 finite samples, got {values.size} samples"
-                f" ({int(np.sum(~np.isfinite(values)))} non-finite)"
-            )
-        if margin < 0:
-            raise InputError(f"margin must be >= 0, got {margin}")
+        values = _checked_samples(values, margin, "values")
         vmin, vmax = float(values.min()), float(values.max())
         spread = max(vmax - vmin, 1e-6 * max(1.0, abs(vmin)), float(values.std()))
         low, high = vmin - margin * spread, vmax + margin * spread
