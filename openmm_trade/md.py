@@ -1111,8 +1111,10 @@ def parallel_tempering(
         2 fs with constraints, 1 fs without.
     friction_per_ps : float, default 1.0
     seed : int, optional
-        Seeds the integrators and the swap moves (numpy's global generator is saved and
-        restored around the run). ``None``: not reproducible.
+        Seeds the integrators and the swap moves, so the same seed reproduces a run bit
+        for bit on CPU, also twice in one process (numpy's global generator is saved and
+        restored around the run; numba's, which openmmtools' compiled swap-all mixing
+        draws from, is reseeded). ``None``: not reproducible.
     platform : str, default "CPU"
     resume : bool, default True
         Continue an existing ``storage``; ``False`` makes an existing file an error.
@@ -1235,10 +1237,7 @@ def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoin
     try:
         if first < n_iterations:
             if seed is not None:
-                # a fresh stream for every (re)start, reproducible for the same history
-                np.random.seed(_openmm_seed(seed, first, 2))
-                for move in _flatten_moves(sampler.mcmc_moves):
-                    move.random_seed = _openmm_seed(seed, first, 3)
+                _seed_sampler(sampler, seed, first)
             if sampler.number_of_iterations < n_iterations:
                 sampler.number_of_iterations = n_iterations
             run_start = time.perf_counter()
@@ -1268,6 +1267,34 @@ def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoin
         print(f"parallel_tempering: {last} iterations, {result.simulated_time_ps / 1000:.4g} ns "
               f"per replica; neighbour acceptance {rates}", file=sys.stderr)
     return result
+
+
+def _seed_numba(seed: int) -> None:
+    """Seed numba's generator, which is not numpy's: openmmtools' swap-all mixing is an
+    ``@njit`` function, and ``np.random`` inside it draws from numba's own per-thread
+    state, which only a call from compiled code can seed."""
+    from numba import njit
+
+    @njit(cache=False)
+    def seed_compiled(value):
+        np.random.seed(value)
+
+    seed_compiled(seed)
+
+
+def _seed_sampler(sampler, seed: int, first: int) -> None:
+    """Seed everything random in a parallel-tempering run that starts at iteration ``first``:
+    a fresh stream for every (re)start, reproducible for the same history.
+
+    * the integrators: ``sampler.mcmc_moves`` is a deep copy, so the seeds go to the
+      moves the sampler runs (``_mcmc_moves``); seed 0 would mean 'random' to OpenMM;
+    * the swaps: numba's generator (the compiled swap-all mixing) and numpy's global one
+      (openmmtools' pure-Python fallback and swap-neighbors scheme).
+    """
+    for move in _flatten_moves(sampler._mcmc_moves):
+        move.random_seed = _openmm_seed(seed, first, 3)
+    np.random.seed(_openmm_seed(seed, first, 2))
+    _seed_numba(_openmm_seed(seed, first, 4))
 
 
 def _flatten_moves(moves):
