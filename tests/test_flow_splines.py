@@ -32,7 +32,9 @@ SPLINES = {
 def test_spline_inverse_and_log_det_against_autograd(name):
     spline, low, high = SPLINES[name]
     params = _parameters(500, seed=1)
-    x = (low + (high - low) * torch.rand(500, dtype=torch.float64)).requires_grad_()
+    x = (low + (high - low) * torch.rand(500, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(1)))
+    x = x.requires_grad_()
     y, ladj = spline(x, params)
     (dy_dx,) = torch.autograd.grad(y.sum(), x)  # elementwise map: the Jacobian is diagonal
     assert torch.allclose(ladj, dy_dx.log(), atol=1e-8)
@@ -53,7 +55,7 @@ def test_spline_float32_round_trip_and_ends():
 
 
 def test_zero_parameters_are_identity():
-    x = torch.rand(10, dtype=torch.float64)
+    x = torch.rand(10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     zeros = [torch.zeros(10, k, dtype=torch.float64) for k in (K, K, K + 1)]
     y, ladj = bounded_spline(x, *zeros)
     assert torch.allclose(y, x, atol=1e-12) and ladj.abs().max() < 1e-9
@@ -67,7 +69,7 @@ def test_circular_spline_has_equal_slopes_at_the_seam():
 
 def test_spline_second_derivative_with_respect_to_parameters():
     params = [p.requires_grad_() for p in _parameters(20, seed=4)]
-    x = torch.rand(20, dtype=torch.float64)
+    x = torch.rand(20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     _, ladj = bounded_spline(x, *params)
     grads = torch.autograd.grad(ladj.sum(), params, create_graph=True)
     second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), params)
@@ -100,7 +102,7 @@ def test_coupling_log_det_equals_full_autograd_jacobian():
     layer = _randomized_coupling()
     circular = torch.tensor([True, False, True, False])
     x = _random_points(6, circular, seed=5)
-    features = torch.randn(6, 2, dtype=torch.float64)
+    features = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     y, ladj = layer(x, features)
     for i in range(6):
         def one(v, i=i):

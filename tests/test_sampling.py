@@ -171,7 +171,8 @@ def test_concatenate():
     np.testing.assert_array_equal(joined.log_weights,
                                   np.concatenate([p.log_weights for p in parts]))
     with pytest.raises(InputError, match="one temperature"):
-        WeightedTrajectory.concatenate([parts[0], sample(model, energy, 331.0, 5, quiet=True)])
+        WeightedTrajectory.concatenate([parts[0], sample(model, energy, 331.0, 5, seed=3,
+                                                          quiet=True)])
 
 
 # ---------------------------------------------------------------------------- molecules
