@@ -974,25 +974,46 @@ class ParallelTemperingResult:
 
 
 def _seeded_move_class():
-    """A LangevinDynamicsMove (LangevinMiddleIntegrator) whose integrator has a set seed."""
+    """A LangevinDynamicsMove (LangevinMiddleIntegrator) with a set seed that redraws the
+    velocities at the state's temperature before every integration, seeded as well.
+
+    The redraw is what makes the swaps correct: openmmtools exchanges thermodynamic
+    states but neither rescales nor (with ``reassign_velocities=False``) redraws the
+    velocities, so a replica that moved from 300 K to 450 K would go on with 300 K
+    velocities while the swap was accepted on potential energies alone; that biased ⟨U⟩
+    low at the hot end and high at the cold end. openmmtools' own redraw
+    (``reassign_velocities=True``) takes no seed, hence this one.
+    """
     from openmmtools import mcmc
 
     class SeededLangevinDynamicsMove(mcmc.LangevinDynamicsMove):
         def __init__(self, random_seed: int = 0, **kwargs):
             super().__init__(**kwargs)
             self.random_seed = random_seed
+            self.n_velocity_draws = 0
 
         def __getstate__(self):
             return {**super().__getstate__(), "random_seed": self.random_seed}
 
         def __setstate__(self, serialization):
             self.random_seed = serialization.pop("random_seed", 0)
+            self.n_velocity_draws = 0
             super().__setstate__(serialization)
 
         def _get_integrator(self, thermodynamic_state):
             integrator = super()._get_integrator(thermodynamic_state)
             integrator.setRandomNumberSeed(self.random_seed)
             return integrator
+
+        def _before_integration(self, context, thermodynamic_state):
+            super()._before_integration(context, thermodynamic_state)
+            temperature = thermodynamic_state.temperature
+            if self.random_seed:
+                self.n_velocity_draws += 1
+                seed = _openmm_seed(self.random_seed, self.n_velocity_draws)
+                context.setVelocitiesToTemperature(temperature, seed)
+            else:  # not seeded: OpenMM picks a random seed
+                context.setVelocitiesToTemperature(temperature)
 
     SeededLangevinDynamicsMove.__module__ = __name__
     SeededLangevinDynamicsMove.__qualname__ = "SeededLangevinDynamicsMove"
@@ -1080,9 +1101,12 @@ def parallel_tempering(
 ) -> ParallelTemperingResult:
     """Parallel tempering (temperature replica exchange) with openmmtools: the reference.
 
-    One replica per temperature; each iteration runs ``steps_per_iteration`` steps of
-    Langevin dynamics (``LangevinMiddleIntegrator``, friction ``friction_per_ps``) per
-    replica, then attempts swaps (openmmtools' ``swap-all`` Gibbs mixing). The replicas
+    One replica per temperature; each iteration draws every replica's velocities from
+    the Maxwell-Boltzmann distribution at its current temperature (openmmtools swaps
+    configurations and velocities without rescaling them), runs ``steps_per_iteration``
+    steps of Langevin dynamics (``LangevinMiddleIntegrator``, friction
+    ``friction_per_ps``) per replica, then attempts swaps (openmmtools' ``swap-all``
+    Gibbs mixing). The replicas
     are minimised before the first iteration; the minimised start (iteration 0) is not
     part of the result, equilibration is left to the analysis (``mbar_reference``
     detects it).
@@ -1286,13 +1310,14 @@ def _seed_sampler(sampler, seed: int, first: int) -> None:
     """Seed everything random in a parallel-tempering run that starts at iteration ``first``:
     a fresh stream for every (re)start, reproducible for the same history.
 
-    * the integrators: ``sampler.mcmc_moves`` is a deep copy, so the seeds go to the
-      moves the sampler runs (``_mcmc_moves``); seed 0 would mean 'random' to OpenMM;
+    * the integrators and velocity draws: ``sampler.mcmc_moves`` is a deep copy, so the
+      seeds go to the moves the sampler runs (``_mcmc_moves``); seed 0 would mean
+      'random' to OpenMM;
     * the swaps: numba's generator (the compiled swap-all mixing) and numpy's global one
       (openmmtools' pure-Python fallback and swap-neighbors scheme).
     """
-    for move in _flatten_moves(sampler._mcmc_moves):
-        move.random_seed = _openmm_seed(seed, first, 3)
+    for index, move in enumerate(_flatten_moves(sampler._mcmc_moves)):
+        move.random_seed = _openmm_seed(seed, first, 3, index)  # one stream per state
     np.random.seed(_openmm_seed(seed, first, 2))
     _seed_numba(_openmm_seed(seed, first, 4))
 
