@@ -55,7 +55,8 @@ class MBARResult:
     discarded : numpy.ndarray
         ``(K,)`` samples discarded at the start of each series as equilibration.
     statistical_inefficiency : numpy.ndarray
-        ``(K,)`` statistical inefficiency of U in each kept series (1 if not subsampled).
+        ``(K,)`` statistical inefficiency of U in each kept series (1 if not subsampled;
+        with ``replica_exchange``, that of the summed reduced potential, the same for all).
     """
 
     temperatures: np.ndarray
@@ -120,7 +121,8 @@ def _statistical_inefficiency(series: np.ndarray) -> float:
 
 
 def _prepare(series: np.ndarray, discard, subsample: bool) -> tuple[np.ndarray, int, float]:
-    """Discard equilibration (an int or ``"auto"``) and optionally decorrelate a series."""
+    """Indices of a series to keep: equilibration (an int or ``"auto"``) discarded and,
+    optionally, decorrelated; with the number discarded and the statistical inefficiency."""
     from pymbar import timeseries
 
     if discard == "auto":
@@ -129,18 +131,40 @@ def _prepare(series: np.ndarray, discard, subsample: bool) -> tuple[np.ndarray, 
         start = int(discard)
     else:
         raise InputError(f"discard must be an int >= 0 or 'auto', got {discard!r}")
-    kept = series[start:]
-    if kept.size < 2:
+    indices = np.arange(start, series.size)
+    if indices.size < 2:
         raise InputError(
-            f"discard={discard!r} leaves {kept.size} samples of a series of {series.size}; "
-            "need at least 2"
+            f"discard={discard!r} leaves {indices.size} samples of a series of "
+            f"{series.size}; need at least 2"
         )
     g = 1.0
     if subsample:
-        g = _statistical_inefficiency(kept)
-        indices = timeseries.subsample_correlated_data(kept, g=g)
-        kept = kept[np.asarray(indices, dtype=int)]
-    return kept, start, g
+        g = _statistical_inefficiency(series[start:])
+        picked = timeseries.subsample_correlated_data(series[start:], g=g)
+        indices = indices[np.asarray(picked, dtype=int)]
+    return indices, start, g
+
+
+def _prepare_jointly(temps: np.ndarray, arrays: list[np.ndarray], discard, subsample: bool):
+    """Discard and decorrelate replica-exchange series together, as :func:`_prepare` does
+    one series, but judged on ``u_n(t) = Σ_k β_k U_k(t)``, the reduced potential summed
+    over all replicas (the series openmmtools' analysis decorrelates).
+
+    Per-temperature series of a replica-exchange run look less correlated than they
+    are: a swap replaces a configuration by its neighbour's, which stays correlated with
+    the configuration the neighbour temperature held before, and MBAR, pooling all
+    temperatures, would count those copies as independent samples. ``u_n`` is a sum over
+    replicas, so swaps do not decorrelate it, and one set of indices keeps the time
+    points of all temperatures together.
+    """
+    if len({a.size for a in arrays}) != 1:
+        raise InputError(
+            "energies_per_state must be series of one length (one sample per temperature "
+            f"and iteration) to be decorrelated jointly, got lengths {[a.size for a in arrays]}"
+        )
+    u_n = (1.0 / (KB * temps)) @ np.stack(arrays)
+    indices, start, g = _prepare(u_n, discard, subsample)
+    return [(indices, start, g)] * len(arrays)
 
 
 def mbar_from_energies(
@@ -148,6 +172,7 @@ def mbar_from_energies(
     energies_per_state: Sequence[np.ndarray],
     discard: int | str = 0,
     subsample: bool = False,
+    replica_exchange: bool = False,
 ) -> MBARResult:
     """MBAR free energies and ⟨U⟩ from potential energies sampled at each temperature.
 
@@ -165,6 +190,13 @@ def mbar_from_energies(
         Keep only every ``g``-th sample of each series, ``g`` its statistical
         inefficiency, so that the MBAR uncertainties (which assume independent samples)
         are honest for correlated MD data.
+    replica_exchange : bool, default False
+        The series come from one replica-exchange run (sample ``n`` of every series at
+        iteration ``n``): discard and subsample all of them at the same iterations,
+        judged on the reduced potential summed over the replicas,
+        ``u_n = Σ_k U_k(n) / (k_B T_k)``. Per-temperature statistical inefficiencies
+        underestimate the correlation there, since swaps hand correlated configurations
+        from one temperature to the next.
 
     Returns
     -------
@@ -182,8 +214,11 @@ def mbar_from_energies(
     import pymbar
 
     temps, arrays = _check_energies(temperatures, energies_per_state)
-    prepared = [_prepare(series, discard, subsample) for series in arrays]
-    kept = [p[0] for p in prepared]
+    if replica_exchange:
+        prepared = _prepare_jointly(temps, arrays, discard, subsample)
+    else:
+        prepared = [_prepare(series, discard, subsample) for series in arrays]
+    kept = [series[p[0]] for series, p in zip(arrays, prepared, strict=True)]
     n_k = np.array([k.size for k in kept], dtype=np.int64)
     energies = np.concatenate(kept)
     beta = 1.0 / (KB * temps)
@@ -210,12 +245,16 @@ def mbar_reference(result, discard: int | str = "auto", subsample: bool = True) 
     ----------
     result : openmm_trade.md.ParallelTemperingResult
         Output of :func:`openmm_trade.md.parallel_tempering` (anything with
-        ``temperatures`` and ``energies``, one energy series per temperature).
+        ``temperatures`` and ``energies``, one energy series per temperature, all
+        of one length).
     discard : int or "auto", default "auto"
         Equilibration to drop from each temperature's series (see
         :func:`mbar_from_energies`).
     subsample : bool, default True
-        Decorrelate each series by its statistical inefficiency before MBAR.
+        Decorrelate the series before MBAR.
+
+    Equilibration and decorrelation are judged jointly for all temperatures
+    (``replica_exchange=True`` of :func:`mbar_from_energies`).
 
     Returns
     -------
@@ -236,4 +275,4 @@ def mbar_reference(result, discard: int | str = "auto", subsample: bool = True) 
                 f"got {type(result).__name__} without {name!r}"
             )
     return mbar_from_energies(result.temperatures, result.energies, discard=discard,
-                              subsample=subsample)
+                              subsample=subsample, replica_exchange=True)

