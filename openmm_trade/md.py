@@ -1293,17 +1293,22 @@ def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoin
     return result
 
 
+_NUMBA_SEEDER = []  # the compiled seeding function, built (compiled) on first use
+
+
 def _seed_numba(seed: int) -> None:
     """Seed numba's generator, which is not numpy's: openmmtools' swap-all mixing is an
     ``@njit`` function, and ``np.random`` inside it draws from numba's own per-thread
     state, which only a call from compiled code can seed."""
-    from numba import njit
+    if not _NUMBA_SEEDER:
+        from numba import njit
 
-    @njit(cache=False)
-    def seed_compiled(value):
-        np.random.seed(value)
+        @njit
+        def seed_compiled(value):
+            np.random.seed(value)
 
-    seed_compiled(seed)
+        _NUMBA_SEEDER.append(seed_compiled)
+    _NUMBA_SEEDER[0](seed)
 
 
 def _seed_sampler(sampler, seed: int, first: int) -> None:
