@@ -205,8 +205,10 @@ def test_reverse_kl_added_to_nll_schedule_and_record(well_data):
     trainer = Trainer(model, toy, well_data, 300.0, **(SMALL | {
         "kl_weight": 0.5, "kl_start": 4, "kl_ramp_steps": 2, "trade_weight": 0.0}))
     assert [trainer.kl_weight(s) for s in (0, 3, 4, 5, 10)] == [0.0, 0.0, 0.25, 0.5, 0.5]
-    # the cutoff sits energy_cutoff above the data's mean reduced energy
-    mean_u = float(beta_from_temperature(300.0) * toy(well_data.to(torch.float64)).mean())
+    # the cutoff sits energy_cutoff above the training frames' mean reduced energy (the
+    # last tenth is held out)
+    train_part = well_data[:-round(0.1 * len(well_data))]
+    mean_u = float(beta_from_temperature(300.0) * toy(train_part.to(torch.float64)).mean())
     assert trainer.objective.energy_cutoff == pytest.approx(mean_u + 100.0)
     evaluations = toy.n_evaluations
     first = trainer.train_step()
