@@ -124,7 +124,7 @@ def overlap_log_weights(model, energy, frames, temperature: float, energies=None
         log_p = torch.cat([model.log_prob(chunk.to(device=device, dtype=dtype), temperature)
                            .detach().to(torch.float64).cpu()
                            for chunk in torch.split(x, batch_size)])
-    log_p = torch.nan_to_num(log_p, nan=-math.inf)
+    log_p = torch.where(torch.isnan(log_p), -math.inf, log_p)  # NaN: no density
     return (-beta_from_temperature(temperature) * energies - log_p).numpy()
 
 
