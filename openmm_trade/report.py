@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -26,6 +27,35 @@ LOW_EFFECTIVE_SAMPLES = 100
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def overlap_line(out) -> str | None:
+    """One sentence on the trained model's overlap σ at T0 (from ``training_history.csv``),
+    or None when the run has no held-out boundary frames (or no history yet).
+
+    σ is the standard deviation of ``log w = -β0 U - log p_θ(x|T0)`` on held-out boundary
+    frames (:func:`openmm_trade.metrics.overlap_sigma`); ``ESS ≈ exp(-σ²)``.
+
+    Examples
+    --------
+    >>> overlap_line("no-such-run") is None
+    True
+    """
+    path = Path(out) / "training_history.csv"
+    if not path.exists():
+        return None
+    rows = [r for r in _read_csv(path) if r.get("overlap_sigma") not in (None, "")]
+    if not rows:
+        return None
+    last = rows[-1]
+    sigma = float(last["overlap_sigma"])
+    restored = [r["restored_step"] for r in _read_csv(path) if r.get("restored_step")]
+    kept = (f"; the likelihood fit kept step {int(float(restored[-1]))} (best held-out NLL)"
+            if restored else "")
+    return (f"Overlap at T0: σ = {sigma:.2f} (std of log w on {int(float(last['holdout_frames']))}"
+            f" held-out boundary frames; ESS ≈ exp(-σ²) = {math.exp(-sigma * sigma):.1%}"
+            f"{', poor: the model misses the Boltzmann density at T0' if sigma > 2 else ''})"
+            f"{kept}.")
 
 
 def _reference_temperature(out: Path) -> float:
@@ -124,6 +154,9 @@ def write_report(out, figures: bool = False) -> Path:
                          + [f"{float(r[s]):.3f} ± {float(r[s + '_err']):.3f}" for s in states]
                          for r in rows])
         lines.append("")
+    overlap = overlap_line(out)
+    if overlap:
+        lines += ["## Overlap of the trained model", "", overlap, ""]
     lines += _cost_section(out)
     figure_files = sorted((out / "figures").glob("*.png")) if (out / "figures").exists() else []
     if figure_files:
@@ -175,4 +208,4 @@ def _redraw_figures(out: Path) -> None:
     write_figures(out, system_from_spec(spec), trajectories)
 
 
-__all__ = ["write_figures", "write_report"]
+__all__ = ["overlap_line", "write_figures", "write_report"]

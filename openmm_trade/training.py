@@ -10,6 +10,15 @@ Schedule (``t`` is the step):
 
 * ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
   ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
+* Held-out frames: the last ``holdout_fraction`` of the boundary frames (in time, the
+  order given) are not trained on. During the likelihood phase (the warmup; the whole
+  run when ``trade_weight=0``) their NLL at ``T0`` is evaluated every ``holdout_every``
+  steps and at the phase's end; the parameters with the lowest held-out NLL are kept
+  and restored at the end of the phase, so TRADE starts from the best fit the data allow
+  instead of an over-fitted one (``holdout_nll``, ``restored_step`` in the history).
+  The overlap σ, the standard deviation of ``log w = -β0 U - log p_θ(x|T0)`` on the
+  held-out frames (:func:`openmm_trade.metrics.overlap_sigma`, ``ESS ≈ exp(-σ²)``), is
+  recorded with every held-out evaluation, at validations and at the end.
 * then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
   condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
   each end, in β) to the whole range over ``widen_steps`` (default ``ramp_steps``).
@@ -81,10 +90,12 @@ from tqdm.auto import tqdm
 from .energy import Energy
 from .errors import CheckpointError, InputError, OpenMMTradeError
 from .files import PathLike, atomic_write_path, write_text_atomic
+from .metrics import overlap_log_weights
 from .trade import EVALUATION_POINTS, TradeObjective
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
 
-__all__ = ["DEFAULT_KL_WEIGHT", "DEFAULT_STEPS", "DEFAULT_TRADE_WEIGHT", "Trainer",
+__all__ = ["DEFAULT_HOLDOUT_FRACTION", "DEFAULT_KL_WEIGHT", "DEFAULT_STEPS",
+           "DEFAULT_TRADE_WEIGHT", "Trainer",
            "TrainingConfig", "TrainingDivergedError", "TrainingHistory", "train"]
 
 #: default final weight λ of the TRADE term (see ``train``'s ``trade_weight``)
@@ -95,6 +106,11 @@ DEFAULT_TRADE_WEIGHT = 0.3
 DEFAULT_STEPS = 1500
 #: default weight of the reverse KL at T0 added to the NLL when boundary data are given
 DEFAULT_KL_WEIGHT = 0.0
+#: default fraction of the boundary frames (the last ones, in time) held out of the fit to
+#: pick the best parameters of the likelihood phase and to measure the overlap σ
+DEFAULT_HOLDOUT_FRACTION = 0.1
+#: number of held-out evaluations over the likelihood phase by default (``holdout_every``)
+_HOLDOUT_EVALUATIONS = 40
 #: name of the checkpoint file when ``checkpoint`` is a folder
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "openmm_trade.training/1"
@@ -142,6 +158,8 @@ class TrainingConfig:
     kl_start: int | None = None
     kl_ramp_steps: int | None = None
     energy_cutoff: float | None = 100.0
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    holdout_every: int | None = None
     seed: int = 0
     max_consecutive_skips: int = 100
 
@@ -151,7 +169,7 @@ class TrainingConfig:
                      "grid_nodes_per_step", "max_consecutive_skips"):
             _positive_int(getattr(self, name), name)
         for name in ("warmup_steps", "ramp_steps", "widen_steps", "n_conditions",
-                     "reverse_kl_samples", "kl_start", "kl_ramp_steps"):
+                     "reverse_kl_samples", "kl_start", "kl_ramp_steps", "holdout_every"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(value, name, allow_zero=name in ("warmup_steps", "kl_start"))
@@ -167,6 +185,10 @@ class TrainingConfig:
             raise InputError(f"weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
         if self.energy_cutoff is not None:
             _positive_float(self.energy_cutoff, "energy_cutoff")
+        if isinstance(self.holdout_fraction, bool) or not (
+                isinstance(self.holdout_fraction, (int, float)) and 0 <= self.holdout_fraction < 1):
+            raise InputError("holdout_fraction must be a number in [0, 1), got "
+                             f"{self.holdout_fraction!r}")
         if not 0.0 < float(self.final_learning_rate_factor) <= 1.0:
             raise InputError("final_learning_rate_factor must be in (0, 1], got "
                              f"{self.final_learning_rate_factor!r}")
@@ -194,6 +216,13 @@ class TrainingConfig:
             self.kl_start = self.steps // 10
         if self.kl_ramp_steps is None:
             self.kl_ramp_steps = max(self.steps // 10, 1)
+        if self.holdout_every is None:
+            self.holdout_every = max(self.likelihood_steps // _HOLDOUT_EVALUATIONS, 1)
+
+    @property
+    def likelihood_steps(self) -> int:
+        """Steps of the likelihood phase: the warmup, or the whole run without TRADE."""
+        return min(self.warmup_steps if self.trade_weight > 0 else self.steps, self.steps)
 
     #: fields that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("steps", "max_consecutive_skips")
@@ -268,7 +297,12 @@ class TrainingHistory:
     condition bounds, K), ``residual`` (RMS TRADE residual of the step, ``k_B T0``),
     ``skipped``, ``energy_evaluations`` (cumulative), ``nonfinite_energies`` (cumulative),
     ``wall_time`` (s), and at validation steps ``ess_<T>K``, ``residual_<T>K`` and
-    ``mean_energy_<T>K`` per monitor temperature.
+    ``mean_energy_<T>K`` per monitor temperature. With held-out frames, ``holdout_nll``
+    (their mean NLL at T0, nats), ``overlap_sigma`` (σ of their log-weights, see
+    :func:`~openmm_trade.metrics.overlap_sigma`) and ``holdout_frames`` at held-out
+    evaluations, validations and the last step (always describing the parameters kept
+    after the step); at the end of the likelihood phase ``restored_step``, the step whose
+    parameters were kept (``restored_from_nll``: the held-out NLL of those dropped).
 
     Examples
     --------
@@ -310,6 +344,29 @@ class TrainingHistory:
     def validation(self) -> list[dict]:
         """The records of the steps where validation ran."""
         return [r for r in self.records if any(k.startswith("ess_") for k in r)]
+
+    def _latest(self, column: str) -> float:
+        values = [r[column] for r in self.records if column in r]
+        return float(values[-1]) if values else math.nan
+
+    @property
+    def overlap_sigma(self) -> float:
+        """The latest overlap σ on the held-out frames (NaN without them)."""
+        return self._latest("overlap_sigma")
+
+    @property
+    def restored_step(self) -> int | None:
+        """Step whose parameters the likelihood phase kept (None before its end or without
+        held-out frames)."""
+        value = self._latest("restored_step")
+        return None if math.isnan(value) else int(value)
+
+    @property
+    def summary(self) -> dict:
+        """Overlap σ, held-out NLL (latest) and restored step, e.g. for model metadata."""
+        return {"overlap_sigma": self.overlap_sigma, "holdout_nll": self._latest("holdout_nll"),
+                "holdout_frames": int(np.nan_to_num(self._latest("holdout_frames"))),
+                "restored_step": self.restored_step}
 
     @property
     def skipped_steps(self) -> int:
@@ -525,8 +582,13 @@ class Trainer:
 
         dtype = getattr(model, "dtype", torch.float32)
         self.boundary = _boundary_tensor(boundary, event_shape)
+        self.holdout = None
         if self.boundary is not None:
             self.boundary = self.boundary.to(device=self.device, dtype=dtype)
+            n_holdout = round(cfg.holdout_fraction * self.boundary.shape[0])
+            if n_holdout >= 2 and self.boundary.shape[0] - n_holdout >= 1:
+                self.boundary, self.holdout = (self.boundary[:-n_holdout],
+                                               self.boundary[-n_holdout:])
         self.evaluation_points = _evaluation_points(
             cfg.evaluation_points, self.boundary is not None, t0, t_max)
         if self.evaluation_points != "flow" and self.boundary is None:
@@ -536,7 +598,8 @@ class Trainer:
         self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
                          "energy_evaluations": 0, "consecutive_skips": 0}
         self._beta0 = beta_from_temperature(t0)
-        self._boundary_energies = self._evaluate_boundary()
+        self._boundary_energies, self._holdout_energies = self._evaluate_boundary()
+        self._best = None  # best state of the likelihood phase (held-out NLL)
         self.objective = TradeObjective(
             energy, t0, (t_min, t_max), loss=cfg.loss, huber_delta=cfg.huber_delta,
             mean_energy=cfg.mean_energy, evaluation_points=self.evaluation_points,
@@ -578,22 +641,32 @@ class Trainer:
         self.generator.manual_seed(seed)
 
     def _evaluate_boundary(self):
-        """Energies of the boundary samples, once (for boundary evaluation points and the
-        energy cutoff); ``None`` when neither needs them."""
+        """Energies of the training and the held-out boundary samples, once (for boundary
+        evaluation points, the energy cutoff and the overlap σ); ``None`` for the training
+        part when nothing needs it."""
         cfg = self.config
         cutoff_needs_them = cfg.energy_cutoff is not None and (cfg.kl_weight > 0
                                                                or cfg.trade_weight > 0)
-        if self.boundary is None or (self.evaluation_points == "flow" and not cutoff_needs_them):
-            return None
-        with torch.no_grad():
-            energies = torch.cat([self.energy(chunk.to(torch.float64))
-                                  for chunk in torch.split(self.boundary, 4096)])
-        self._count_energies()
-        bad = ~torch.isfinite(energies)
-        if bool(bad.any()):
-            raise InputError(f"boundary holds {int(bad.sum())} of {bad.numel()} samples with a "
-                             "non-finite energy; remove them before training")
-        return energies.to(torch.float64)
+        if self.boundary is None:
+            return None, None
+        parts = [self.boundary, self.holdout]
+        if self.evaluation_points == "flow" and not cutoff_needs_them:
+            parts[0] = None
+        energies = []
+        for part in parts:
+            if part is None:
+                energies.append(None)
+                continue
+            with torch.no_grad():
+                values = torch.cat([self.energy(chunk.to(torch.float64))
+                                    for chunk in torch.split(part, 4096)])
+            self._count_energies()
+            bad = ~torch.isfinite(values)
+            if bool(bad.any()):
+                raise InputError(f"boundary holds {int(bad.sum())} samples with a non-finite "
+                                 "energy; remove them before training")
+            energies.append(values.to(torch.float64))
+        return tuple(energies)
 
     def _energy_cutoff(self) -> float | None:
         """Absolute reduced-energy cutoff of :func:`~openmm_trade.trade.soften_energies`:
@@ -754,9 +827,55 @@ class Trainer:
         self.model.train()
         self._count_energies()
         self._wall_offset += time.perf_counter() - started
+        if self.holdout is not None:
+            record.update(self.holdout_metrics())
         record["energy_evaluations"] = self.counters["energy_evaluations"]
         record["nonfinite_energies"] = self.counters["nonfinite_energies"]
         record["wall_time"] = self._wall_offset
+        return record
+
+    # ------------------------------------------------------------------ held-out frames
+    def holdout_metrics(self) -> dict:
+        """Mean NLL at T0 (nats per frame) of the held-out frames and the overlap σ on them.
+
+        Deterministic (no random draw) and free of energy evaluations (their energies
+        were computed once). Returns ``{}`` without held-out frames.
+        """
+        if self.holdout is None:
+            return {}
+        started = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        log_w = overlap_log_weights(self.model, self.energy, self.holdout,
+                                    self.config.boundary_temperature,
+                                    energies=self._holdout_energies)
+        self.model.train(was_training)
+        self._wall_offset += time.perf_counter() - started
+        finite = bool(np.all(np.isfinite(log_w)))
+        reduced = self._beta0 * self._holdout_energies.cpu().numpy()
+        return {"holdout_nll": float(np.mean(log_w + reduced)) if finite else math.inf,
+                "overlap_sigma": float(np.std(log_w, ddof=1)) if finite else math.inf,
+                "holdout_frames": int(self.holdout.shape[0])}
+
+    def _track_holdout(self) -> dict:
+        """During the likelihood phase: held-out metrics when due, the best parameters
+        kept, and restored at the phase's end. Returns the record entries."""
+        cfg, step = self.config, self.step
+        end = cfg.likelihood_steps
+        if self.holdout is None or step > end or (step % cfg.holdout_every and step != end):
+            return {}
+        record = self.holdout_metrics()
+        if self._best is None or record["holdout_nll"] < self._best["holdout_nll"]:
+            self._best = {"step": step, **record,
+                          "model": {k: v.detach().clone()
+                                    for k, v in self.model.state_dict().items()}}
+        if step == end:
+            best = self._best
+            if best["step"] != step:
+                self.model.load_state_dict(best["model"])
+                record = {"restored_from_nll": record["holdout_nll"],
+                          **{k: best[k] for k in record}}
+            record["restored_step"] = best["step"]
         return record
 
     # ------------------------------------------------------------------ loop
@@ -776,10 +895,15 @@ class Trainer:
         try:
             while self.step < until:
                 record = self.train_step()
+                record.update(self._track_holdout())
                 last = self.step == cfg.steps
                 if (self.validate_every and self.step % self.validate_every == 0) or \
                         (last and self.validate_every):
                     record.update(self.validate())
+                budget_spent = (self.energy_budget is not None
+                                and self.counters["energy_evaluations"] >= self.energy_budget)
+                if (last or budget_spent) and "overlap_sigma" not in record:
+                    record.update(self.holdout_metrics())
                 self.history.append(record)
                 if self.counters["consecutive_skips"] >= cfg.max_consecutive_skips:
                     self.history.stop_reason = "diverged"
@@ -788,8 +912,6 @@ class Trainer:
                         f"{self.counters['consecutive_skips']} consecutive steps had a "
                         f"non-finite loss, gradient or energy (step {self.step}; "
                         f"{self.counters['nonfinite_energies']} non-finite energies so far)")
-                budget_spent = (self.energy_budget is not None
-                                and self.counters["energy_evaluations"] >= self.energy_budget)
                 if budget_spent:
                     self.history.stop_reason = "energy_budget"
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0:
@@ -807,6 +929,9 @@ class Trainer:
         if self.step >= cfg.steps and not self.history.stop_reason:
             self.history.stop_reason = "completed"
         if self.step >= cfg.steps or self.history.stop_reason == "energy_budget":
+            metadata = getattr(self.model, "metadata", None)
+            if isinstance(metadata, dict) and self.holdout is not None:
+                metadata.update(self.history.summary)
             self._save_outputs()
         return self.history
 
@@ -840,6 +965,7 @@ class Trainer:
             "counters": dict(self.counters),
             "wall_time": self._wall_offset,
             "history": self.history.state_dict(),
+            "best": self._best,
         }
 
     def save_checkpoint(self, path: PathLike | None = None) -> Path:
@@ -891,6 +1017,7 @@ class Trainer:
         self._wall_offset = float(state.get("wall_time", 0.0))
         self.history = TrainingHistory.from_state_dict(state["history"])
         self.history.stop_reason = ""
+        self._best = state.get("best")
 
 
 # ---------------------------------------------------------------------------- train
@@ -1000,8 +1127,20 @@ def train(
         (AdamW, default 0), ``kl_weight`` (reverse KL at T0 added to the NLL, default
         :data:`DEFAULT_KL_WEIGHT`), ``kl_start``, ``kl_ramp_steps``, ``energy_cutoff``
         (k_B T0 above the data's mean reduced energy where energies start to be softened
-        in the reverse KL and the TRADE residual, default 100; ``None``: no softening); and
+        in the reverse KL and the TRADE residual, default 100; ``None``: no softening);
+        ``holdout_fraction`` (default :data:`DEFAULT_HOLDOUT_FRACTION` = 0.1: the last
+        tenth of the boundary frames, in the order given, is held out of the fit; ``0``:
+        train on all; fewer than 2 held-out frames: no split); ``holdout_every``
+        (held-out evaluations in the likelihood phase, default 40 over the phase); and
         ``validation_samples`` (default 512).
+
+        The held-out frames pick the parameters of the likelihood phase (lowest held-out
+        NLL, restored before TRADE starts) and give the overlap σ
+        (``history.overlap_sigma``). A model with a ``metadata`` dict (``TemperatureFlow``,
+        whose ``save`` keeps it) receives ``history.summary`` at the end.
+        With MD frames, keep them in time order: the held-out part is then the latest
+        stretch of the trajectory, which correlated neighbours of training frames do not
+        flatter.
 
     Returns
     -------

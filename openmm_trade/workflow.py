@@ -274,7 +274,8 @@ class RunWorkflow:
 
 
 def summary_table(out) -> str:
-    """The per-temperature table (T, ESS, Δf, ⟨U⟩) of a finished run, as plain text.
+    """The per-temperature table (T, ESS, Δf, ⟨U⟩) of a finished run, as plain text, and
+    the trained model's overlap σ at T0 (:func:`openmm_trade.report.overlap_line`).
 
     Temperatures with fewer than ``report.LOW_EFFECTIVE_SAMPLES`` effective samples are
     marked ``(!)``: their estimates are unreliable.
@@ -282,7 +283,7 @@ def summary_table(out) -> str:
     import csv
     import tomllib
 
-    from .report import LOW_EFFECTIVE_SAMPLES
+    from .report import LOW_EFFECTIVE_SAMPLES, overlap_line
 
     out = Path(out)
     with open(out / "free_energy.csv") as handle:
@@ -304,6 +305,9 @@ def summary_table(out) -> str:
             f"{float(row['mean_energy']):10.2f} ± {float(row['mean_energy_err']):7.2f}")
     if flagged:
         lines.append(f"(!) fewer than {LOW_EFFECTIVE_SAMPLES} effective samples: unreliable")
+    overlap = overlap_line(out)
+    if overlap:
+        lines.append(overlap)
     return "\n".join(lines)
 
 

@@ -91,6 +91,13 @@ def test_run_writes_every_documented_output(tiny_run):
                             "report"]
     assert stages["training"]["energy_evaluations"] > 0
     assert "## Free energies" in (out / "report.md").read_text()
+    # the overlap σ on held-out boundary frames: in the summary, the report and the model
+    assert "Overlap at T0: σ = " in output and "on 6 held-out boundary frames" in output
+    assert "## Overlap of the trained model" in (out / "report.md").read_text()
+    import torch
+
+    metadata = torch.load(out / "model.pt", weights_only=True)["metadata"]
+    assert metadata["holdout_frames"] == 6 and metadata["overlap_sigma"] > 0
 
 
 def test_rerun_without_resume_refuses_a_used_directory(tiny_run):

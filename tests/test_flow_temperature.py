@@ -123,6 +123,7 @@ def test_peptide_bonds_stay_trans_and_backbone_torsions_stay_free(model, vacuum,
 
 def test_save_load_round_trip(model, vacuum, implicit, tmp_path):
     path = tmp_path / "sub" / "model.pt"
+    model.metadata["overlap_sigma"] = 1.25  # what training records
     model.save(path)
     assert sorted(os.listdir(path.parent)) == ["model.pt"]  # no temp file left behind
     loaded = TemperatureFlow.load(path, vacuum)
@@ -133,6 +134,7 @@ def test_save_load_round_trip(model, vacuum, implicit, tmp_path):
         b = loaded.sample(16, 350.0, generator=torch.Generator().manual_seed(9))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert loaded.flow.config == model.flow.config
+    assert loaded.metadata == {"overlap_sigma": 1.25}
     with pytest.raises(CheckpointError, match="another system"):
         TemperatureFlow.load(path, implicit)
     (tmp_path / "junk.pt").write_bytes(b"not a model")

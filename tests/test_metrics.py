@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
 from openmm_trade import metrics
 from openmm_trade.errors import InputError
+from openmm_trade.toys import KB, HarmonicOscillator
 
 
 def test_effective_sample_size():
@@ -80,3 +82,65 @@ def test_delta_f_difference():
     assert c.within(3.01) and not c.within(2.9)
     with pytest.raises(InputError, match="equal"):
         metrics.delta_f_difference([0.0], [0.0, 1.0])
+
+
+class _Gaussian:
+    """A model ``N(c + shift, (scale s)²)`` per coordinate for a harmonic target ``N(c, s²)``,
+    with exact log-densities (from the toy's own, so both share one normalisation)."""
+
+    dtype = torch.float64
+
+    def __init__(self, toy, shift=0.0, scale=1.0):
+        self.toy, self.shift, self.scale = toy, shift, scale
+
+    def log_prob(self, x, temperature):
+        z = (x - self.shift) / self.scale
+        return self.toy.log_density(z, temperature) - self.toy.dim * math.log(self.scale)
+
+
+def test_overlap_sigma_is_exact_on_gaussians():
+    """σ of log w = log q - log p (+ const) on exact samples of q, against closed forms:
+    0 for the exact model; δ/s for a model shifted by δ along one of d coordinates (log w
+    is linear in x); sqrt(d/2) |1/c² - 1| for a model c times wider (log w ∝ χ²_d)."""
+    toy = HarmonicOscillator(spring_constant=100.0, dim=3)
+    temperature = 400.0
+    s = math.sqrt(KB * temperature / toy.spring_constant)
+    frames = toy.sample(40000, temperature, seed=7)
+    assert metrics.overlap_sigma(_Gaussian(toy), toy, frames, temperature) < 1e-9
+    # standard error of a sample standard deviation: about σ / sqrt(2n) (0.004 for σ = 1
+    # and n = 4·10⁴, a little more for the χ² case); margins are ~6 standard errors
+    shift = torch.tensor([0.7 * s, 0.0, 0.0], dtype=torch.float64)
+    sigma = metrics.overlap_sigma(_Gaussian(toy, shift=shift), toy, frames, temperature)
+    assert sigma == pytest.approx(0.7, abs=0.02)
+    sigma = metrics.overlap_sigma(_Gaussian(toy, scale=1.2), toy, frames, temperature)
+    assert sigma == pytest.approx(math.sqrt(1.5) * abs(1 / 1.2**2 - 1), abs=0.03)
+    # given energies are used as they are (here: those of the frames, the same answer)
+    log_w = metrics.overlap_log_weights(_Gaussian(toy), toy, frames, temperature,
+                                        energies=toy(frames))
+    np.testing.assert_allclose(log_w, toy.log_partition_function(temperature), atol=1e-9)
+    # ESS ≈ exp(-σ²) for log-normal weights: importance sampling of the shifted model
+    model_samples = frames + shift
+    log_w_model = (-toy(model_samples) / (KB * temperature)
+                   - _Gaussian(toy, shift=shift).log_prob(model_samples, temperature))
+    assert metrics.effective_sample_size(log_w_model.numpy()) == pytest.approx(
+        math.exp(-0.49), abs=0.02)
+
+
+def test_overlap_sigma_infinite_outside_the_model_and_input_errors():
+    toy = HarmonicOscillator(spring_constant=100.0)
+    frames = toy.sample(100, 300.0, seed=0)
+
+    class HalfLine(_Gaussian):
+        def log_prob(self, x, temperature):
+            out = super().log_prob(x, temperature)
+            return torch.where(x[:, 0] > 0, out, torch.full_like(out, -math.inf))
+
+    assert metrics.overlap_sigma(HalfLine(toy), toy, frames, 300.0) == math.inf
+    with pytest.raises(InputError, match="energies"):
+        metrics.overlap_sigma(_Gaussian(toy), toy, frames, 300.0, energies=np.zeros(3))
+    with pytest.raises(InputError, match="frames"):
+        metrics.overlap_sigma(_Gaussian(toy), toy, frames[:1], 300.0)
+    with pytest.raises(InputError, match="frames"):
+        metrics.overlap_sigma(_Gaussian(toy), toy, torch.zeros(5, 2), 300.0)
+    with pytest.raises(InputError, match="temperature"):
+        metrics.overlap_sigma(_Gaussian(toy), toy, frames, -1.0)

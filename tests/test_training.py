@@ -154,6 +154,71 @@ def test_resume_rejects_other_settings(tmp_path, well_data):
         train(_small_model(), toy, well_data, 300.0, resume=tmp_path / "bad.pt", **SMALL)
 
 
+#: an over-fitting likelihood phase: 30 training frames, a constant large learning rate; the
+#: held-out NLL (10 frames) is lowest at step 150 of 200 (measured), not at the end
+OVERFIT = dict(steps=206, warmup_steps=200, ramp_steps=3, trade_weight=0.3, batch_size=30,
+               trade_batch_size=16, grid_samples=32, learning_rate=1e-2, schedule="constant",
+               holdout_fraction=0.25, holdout_every=10, quiet=True)
+
+
+def _overfit_setup():
+    toy = DoubleWell1D()
+    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=32, n_blocks=2,
+                            n_bins=32, seed=0)
+    return model, toy, toy.sample(40, 300.0, seed=2)
+
+
+def test_holdout_keeps_the_best_parameters_and_resumes_exactly(tmp_path):
+    """The last quarter of the frames is held out; TRADE starts from the parameters with
+    the best held-out NLL of the likelihood phase, also across an interruption after the
+    best step (the best state lives in the checkpoint)."""
+    model, toy, data = _overfit_setup()
+    trainer = Trainer(model, toy, data, 300.0, **OVERFIT)
+    assert torch.equal(trainer.boundary, data[:30].float())
+    assert torch.equal(trainer.holdout, data[30:].float())
+    history = trainer.run()
+    evaluated = [r for r in history.records[:199] if "holdout_nll" in r]
+    assert [r["step"] for r in evaluated] == list(range(10, 200, 10))
+    best = min(evaluated, key=lambda r: r["holdout_nll"])
+    end = history.records[199]
+    assert history.restored_step == end["restored_step"] == best["step"] < 200
+    assert end["restored_from_nll"] > end["holdout_nll"] == best["holdout_nll"]
+    assert end["overlap_sigma"] == best["overlap_sigma"]
+    assert all("holdout_nll" not in r for r in history.records[200:-1])
+    assert math.isfinite(history.overlap_sigma) and history.last["holdout_frames"] == 10
+    # the restored parameters are those of the best step: rerun to it and compare
+    rerun, _, _ = _overfit_setup()
+    Trainer(rerun, toy, data, 300.0, **OVERFIT).run(until=best["step"])
+    model_at_end_of_phase, _, _ = _overfit_setup()
+    check = Trainer(model_at_end_of_phase, toy, data, 300.0, **OVERFIT)
+    check.run(until=200)
+    for a, b in zip(rerun.state_dict().values(), model_at_end_of_phase.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+    interrupted, _, _ = _overfit_setup()
+    Trainer(interrupted, toy, data, 300.0, checkpoint=tmp_path, checkpoint_every=80,
+            **OVERFIT).run(until=170)  # killed after the best step, checkpoint at 160
+    resumed, _, _ = _overfit_setup()
+    history_resumed = train(resumed, toy, data, 300.0, checkpoint=tmp_path, resume=True,
+                            **OVERFIT)
+    assert history_resumed.restored_step == best["step"]
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(history_resumed["loss"], history["loss"])
+
+
+def test_holdout_fraction_zero_trains_on_all_frames(well_data):
+    trainer = Trainer(_small_model(), DoubleWell1D(), well_data, 300.0,
+                      **(SMALL | {"holdout_fraction": 0.0}))
+    assert trainer.holdout is None and trainer.boundary.shape[0] == len(well_data)
+    history = trainer.run()
+    assert "holdout_nll" not in history.columns and math.isnan(history.overlap_sigma)
+    with pytest.raises(InputError, match="holdout_fraction"):
+        train(_small_model(), DoubleWell1D(), well_data, 300.0,
+              **(SMALL | {"holdout_fraction": 1.0}))
+
+
 class FlakyWell(DoubleWell1D):
     """A double well whose evaluations fail (NaN) while ``failing`` is set."""
 
@@ -205,8 +270,10 @@ def test_reverse_kl_added_to_nll_schedule_and_record(well_data):
     trainer = Trainer(model, toy, well_data, 300.0, **(SMALL | {
         "kl_weight": 0.5, "kl_start": 4, "kl_ramp_steps": 2, "trade_weight": 0.0}))
     assert [trainer.kl_weight(s) for s in (0, 3, 4, 5, 10)] == [0.0, 0.0, 0.25, 0.5, 0.5]
-    # the cutoff sits energy_cutoff above the data's mean reduced energy
-    mean_u = float(beta_from_temperature(300.0) * toy(well_data.to(torch.float64)).mean())
+    # the cutoff sits energy_cutoff above the training frames' mean reduced energy (the
+    # last tenth is held out)
+    train_part = well_data[:-round(0.1 * len(well_data))]
+    mean_u = float(beta_from_temperature(300.0) * toy(train_part.to(torch.float64)).mean())
     assert trainer.objective.energy_cutoff == pytest.approx(mean_u + 100.0)
     evaluations = toy.n_evaluations
     first = trainer.train_step()

@@ -209,6 +209,9 @@ class TemperatureFlow(nn.Module):
                              f"coordinates), got {flow.event_shape}")
         self.system = system
         self.flow = flow
+        #: facts about the trained model kept by :meth:`save` (training records the overlap
+        #: σ on held-out boundary frames here, see :func:`openmm_trade.training.train`)
+        self.metadata: dict = {}
         self.coordinates = coordinates.to(device=flow.device)
         self.event_shape = (system.n_atoms, 3)
 
@@ -371,6 +374,7 @@ class TemperatureFlow(nn.Module):
             "dtype": str(self.dtype).removeprefix("torch."),
             "config": self.flow.config,
             "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
+            "metadata": dict(self.metadata),
         }
         with atomic_write_path(path) as tmp:
             torch.save(payload, tmp)
@@ -411,4 +415,6 @@ class TemperatureFlow(nn.Module):
         except RuntimeError as error:
             raise CheckpointError(
                 f"{path}: weights do not fit the architecture: {error}") from error
-        return cls(msys, flow, coordinates)
+        model = cls(msys, flow, coordinates)
+        model.metadata = dict(payload.get("metadata", {}))
+        return model
