@@ -8,7 +8,7 @@ of the boundary trajectory move between their basins:
   Z-matrix torsions with the largest circular spread;
 * basins: the peaks of the torsion's smoothed circular histogram, separated at the
   histogram's minima; peaks not separated by a real barrier (the minimum between them
-  above a tenth of the lower peak, i.e. less than 2.3 kT) are merged;
+  above a quarter of the lower peak, i.e. a dip under 1.4 kT) are merged;
 * transitions: core-set counting with hysteresis. The core of a basin is the basin less
   ``margin_deg`` on each side of its borders; a frame in no core keeps the basin of the
   last core visited, and a transition is counted when the trajectory enters the core of
@@ -49,9 +49,9 @@ _MIN_PEAK = 0.002
 #: ... and at least this many frames (smoothed: [1, 2, 1] / 4 over neighbouring bins).
 _MIN_PEAK_FRAMES = 2.0
 #: Peaks merge when the minimum between them is above this fraction of the lower peak: a
-#: basin border is a barrier of at least ln 10 = 2.3 kT (in the data's own histogram).
-#: Shallower dips (alanine's β / C7eq split of φ, 1-1.5 kT) are fast and not counted.
-_MERGE_DEPTH = 0.1
+#: basin border is a dip of at least ln 4 = 1.4 kT in the data's own (smoothed) histogram.
+#: Shallower dips (alanine's β / C7eq split of φ at 300 K, about 1.2 kT) are substates.
+_MERGE_DEPTH = 0.25
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ def find_basins(angles, bins: int = _BINS) -> np.ndarray:
     """Basin borders (radians, ascending in [-π, π)) of an angle series.
 
     Peaks of the smoothed circular histogram holding at least 0.2 % of the frames (and two
-    frames) per bin are basins; neighbouring peaks whose separating minimum is above a tenth
-    of the lower peak (a barrier under 2.3 kT) are merged. Borders lie at the minima. One
+    frames) per bin are basins; neighbouring peaks whose separating minimum is above a
+    quarter of the lower peak (a dip under 1.4 kT) are merged. Borders lie at the minima. One
     basin gives an empty array.
 
     >>> import numpy as np
