@@ -589,7 +589,8 @@ def simulate(
         No progress bar (it also hides when stderr is not a TTY) and no printed summary.
     n_chains : int, optional
         Number of chains, each in its own process with one OpenMM CPU thread. Default:
-        :func:`available_cores`, at most ``n_frames``. ``n_chains=1`` runs in this process.
+        :func:`available_cores`, at most ``n_frames``; with ``resume``, the number of
+        chains of the stored run. ``n_chains=1`` runs in this process.
 
     Returns
     -------
@@ -634,7 +635,8 @@ def simulate(
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every")
     _platform(platform)
     if n_chains is None:
-        n_chains = min(available_cores(), n_frames)
+        n_chains = _resumed_chains(output) if resume and output is not None else None
+        n_chains = min(available_cores(), n_frames) if n_chains is None else n_chains
     elif _check_int(n_chains, "n_chains") > n_frames:
         raise InputError(f"n_chains must be at most n_frames={n_frames}, got {n_chains}")
     n_chains = int(n_chains)
@@ -699,6 +701,16 @@ def simulate(
     if not quiet:
         print(f"simulate: {_format_summary(simulation_summary(traj))}", file=sys.stderr)
     return traj
+
+
+def _resumed_chains(output: PathLike) -> int | None:
+    """Number of chains of the run stored in ``output`` (None when there is none)."""
+    output = Path(output).expanduser()
+    if output.with_name(output.name + _CHECKPOINT_SUFFIX).exists():
+        return 1
+    folder = _chain_folder(output)
+    found = len(list(folder.glob("chain-*.h5"))) if folder.is_dir() else 0
+    return found or None
 
 
 def frame_chains(source: mdtraj.Trajectory | PathLike) -> np.ndarray:

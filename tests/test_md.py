@@ -194,7 +194,7 @@ def test_chains_kill_and_resume(vacuum, tmp_path):
                        equilibration_ps=0.2, output=out, resume=True, quiet=True, n_chains=2)
     traj = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
                           equilibration_ps=0.2, output=out, resume=True, checkpoint_every=10,
-                          quiet=True, n_chains=2)
+                          quiet=True)  # n_chains: as stored (2)
     fresh = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
                            equilibration_ps=0.2, quiet=True, n_chains=2)
     np.testing.assert_array_equal(traj.xyz, fresh.xyz)  # resumed = uninterrupted, bit for bit
