@@ -34,6 +34,7 @@ _PUBLIC = {
     "trade": ("trade", None),
     "free_energy": ("free_energy", None),
     "cv": ("cv", None),
+    "coverage": ("coverage", None),
     "metrics": ("metrics", None),
     "plots": ("plots", None),
     "config": ("config", None),

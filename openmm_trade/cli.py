@@ -24,10 +24,11 @@ from .errors import OpenMMTradeError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-#: The demo: alanine dipeptide in vacuum, MD at 300 K, TRADE over 300-600 K.
+#: The demo: alanine dipeptide in vacuum, MD at the top of the range (600 K, where it
+#: crosses the barriers that MD at 300 K does not), TRADE down to 300 K.
 DEMO_CONFIG = {
     "system": {"name": "alanine-dipeptide-vacuum"},
-    "boundary": {"temperature": 300.0, "n_frames": 6_000, "interval_ps": 0.5,
+    "boundary": {"temperature": 600.0, "n_frames": 6_000, "interval_ps": 0.5,
                  "equilibration_ps": 20.0},
     "temperatures": {"range": [300.0, 600.0], "targets": [300.0, 400.0, 500.0, 600.0]},
     "sampling": {"n": 10_000},
@@ -87,6 +88,15 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def _echo_coverage(out: Path) -> None:
+    """Print the boundary coverage summary written by the run (``coverage.json``)."""
+    import json
+
+    path = out / "coverage.json"
+    if path.exists():
+        click.echo(json.loads(path.read_text())["summary"] + "\n")
+
+
 def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
     from .workflow import RunWorkflow, summary_table
 
@@ -94,6 +104,7 @@ def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
         config.compute["seed"] = seed
     workflow = RunWorkflow(config, out, resume=resume, quiet=_quiet(quiet))
     workflow.execute()
+    _echo_coverage(out)
     click.echo(summary_table(out))
     click.echo(f"\nwrote {out}/ (report: {out / 'report.md'})")
     return out
@@ -191,25 +202,33 @@ def _load_system(system_name: str, pdb, forcefield):
 @click.option("--temperature", type=float, default=300.0, show_default=True, help="K.")
 @click.option("--n-frames", type=int, default=10_000, show_default=True)
 @click.option("--interval-ps", type=float, default=1.0, show_default=True)
+@click.option("--chains", "n_chains", type=int, default=None,
+              help="Independent MD chains run in parallel (n-frames in total) "
+                   "[default: one per core].")
 @_common
 @_handle_errors
-def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps,
+def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chains,
        out, seed, quiet, resume) -> None:
     """Run boundary MD and write OUT/boundary.h5 (frames with potential energies).
 
+    Prints the coverage of the slow torsions (basin transitions; flagged under 10).
+
     \b
     Example:
-      openmm-trade md --temperature 300 --n-frames 20000 --interval-ps 0.5 --out run1
+      openmm-trade md --temperature 600 --n-frames 20000 --interval-ps 0.5 --out run1
     """
     from . import md as md_module
+    from .coverage import measure
 
     out = out or Path("openmm-trade-md")
     out.mkdir(parents=True, exist_ok=True)
     msys = _load_system(system_name, pdb, forcefield)
     traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
                               interval_ps=interval_ps, seed=1 if seed is None else seed,
-                              output=out / "boundary.h5", resume=resume, quiet=_quiet(quiet))
+                              output=out / "boundary.h5", resume=resume, quiet=_quiet(quiet),
+                              n_chains=n_chains)
     click.echo(f"wrote {traj.n_frames} frames to {out / 'boundary.h5'}")
+    click.echo(measure(traj).summary())
 
 
 @main.command()

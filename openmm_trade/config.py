@@ -5,9 +5,10 @@ A configuration has these sections (all optional except ``[system]``)::
     [system]        name = "alanine-dipeptide-vacuum"      # a built-in, or
                     pdb = "mol.pdb"; forcefield = ["amber99sbildn.xml"]; constraints = "HBonds"
                     xml = "system.xml"                     # serialized System + pdb
-    [boundary]      temperature = 300.0                    # T0 in K
-                    n_frames = 20000; interval_ps = 0.5; equilibration_ps = 20.0   # simulate, or
-                    files = ["md.dcd"]; stride = 1         # load your own MD
+    [boundary]      temperature = 600.0                    # T0 in K; default: top of range
+                    n_frames = 20000; interval_ps = 0.5; equilibration_ps = 20.0   # simulate
+                    n_chains = 2                           # default: one chain per core, or
+                    files = ["md.dcd"]; stride = 1         # your own MD (temperature needed)
     [temperatures]  range = [300.0, 600.0]; targets = [300.0, 400.0, 500.0, 600.0]
     [model]         keyword arguments of TemperatureFlow.for_system (architecture)
     [training]      keyword arguments of ot.train (steps, batch_size, ...)
@@ -20,7 +21,12 @@ Example
 -------
 >>> cfg = validate({"system": {"name": "alanine-dipeptide-vacuum"}})
 >>> cfg.boundary["temperature"], cfg.temperatures["range"]
-(300.0, [300.0, 600.0])
+(600.0, [300.0, 600.0])
+
+The boundary temperature T0 defaults to the top of the range: MD at the top crosses the
+barriers that MD at the bottom does not, and TRADE carries the model down the range.
+A T0 at the bottom or in the middle works too (see :mod:`openmm_trade.coverage` for a check
+that the boundary MD crossed its slow torsions' barriers).
 >>> validate({"system": {"name": 3}, "boundary": {"n_frames": -1}})
 Traceback (most recent call last):
 ...
@@ -102,8 +108,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
         "constraints": (_choice("HBonds", "AllBonds", "HAngles", "none"), "HBonds"),
     },
     "boundary": {
-        "temperature": (_number(0.0), 300.0),
+        "temperature": (_number(0.0), ...),  # default: the top of [temperatures] range
         "n_frames": (_integer(1), 20_000),
+        "n_chains": (_integer(1), ...),  # default: ot.md.available_cores()
         "interval_ps": (_number(0.0), 0.5),
         "equilibration_ps": (_number(0.0, strict=False), 20.0),
         "files": (_list_of(_string), ...),
@@ -273,6 +280,9 @@ def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
     system = sections["system"]
     if ("name" in system) == ("pdb" in system):
         problems.append("[system]: give exactly one of 'name' (a built-in system) or 'pdb'")
+    if "files" in sections["boundary"] and "temperature" not in sections["boundary"]:
+        problems.append("[boundary] temperature: required with 'files' (the temperature of "
+                        "your MD)")
     if "xml" in system and "pdb" not in system:
         problems.append("[system] xml: needs 'pdb' for the topology and positions")
     t_range = sections["temperatures"].get("range")
@@ -288,6 +298,8 @@ def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
                 problems.append(f"[temperatures] targets: expected values within range "
                                 f"{t_range}, got {outside}")
         t0 = sections["boundary"].get("temperature")
+        if t0 is None and "files" not in sections["boundary"]:
+            sections["boundary"]["temperature"] = t0 = high
         if _number(0.0)(t0) is None and not low <= t0 <= high:
             problems.append(f"[boundary] temperature: expected a value within "
                             f"[temperatures] range {t_range}, got {t0}")

@@ -20,7 +20,9 @@ system is given; :func:`attach_energies` sets it. In HDF5 files written here the
 travel in mdtraj's standard ``potentialEnergy`` field (stored by mdtraj as float32);
 :func:`load_boundary` recomputes float64 energies and warns if stored ones disagree.
 
-Threads: OpenMM's CPU platform uses all cores unless ``OPENMM_CPU_THREADS`` is set.
+Threads and chains: :func:`simulate` gives each Context one CPU thread and runs
+``n_chains`` independent chains in parallel processes, by default one per core
+(:func:`available_cores`); pass ``n_chains=1`` to stay in one process.
 
 Example
 -------
@@ -41,8 +43,12 @@ import json
 import logging
 import math
 import os
+import select
+import subprocess
 import sys
+import threading
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +59,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, WorkerError
 from .files import atomic_write_path, write_bytes_atomic
 from .mbar import _statistical_inefficiency
 from .system import MolecularSystem
@@ -65,8 +71,10 @@ __all__ = [
     "BoundaryReporter",
     "ParallelTemperingResult",
     "attach_energies",
+    "available_cores",
     "cache_dir",
     "default_timestep_ps",
+    "frame_chains",
     "load_boundary",
     "load_trajectory",
     "parallel_tempering",
@@ -78,8 +86,11 @@ __all__ = [
 
 #: Name of the trajectory attribute that holds the potential energies (kJ/mol).
 ENERGY_ATTRIBUTE = "potential_energy"
+#: Name of the trajectory attribute (and HDF5 array) that holds each frame's MD chain.
+CHAIN_ATTRIBUTE = "chain_index"
 
 _CHECKPOINT_SUFFIX = ".chk"
+_CHAINS_SUFFIX = ".chains"
 #: Relative tolerance for "the interval is a whole number of time steps".
 _STEP_TOLERANCE = 1e-6
 #: Constraint deviation (nm) above which boundary data is reported.
@@ -363,6 +374,11 @@ class _FrameFile:
         self._file.write(coordinates=np.asarray(xyz, np.float32), time=np.asarray(times),
                          potentialEnergy=np.asarray(energies))
 
+    def add_array(self, name: str, values: np.ndarray) -> None:
+        """Store an extra array at the file's root (mdtraj readers ignore it)."""
+        self._file._handle.create_array(self._file._handle.root, name, values)
+        self._file.flush()
+
     def truncate(self, n_frames: int) -> None:
         """Drop frames beyond ``n_frames`` (written after the last checkpoint)."""
         root = self._file._handle.root
@@ -456,12 +472,51 @@ def load_trajectory(path: PathLike, msys: MolecularSystem | None = None) -> mdtr
         raise InputError(
             f"{path} lacks a topology or potential energies; use load_boundary(path, msys)"
         )
-    return attach_energies(mdtraj.Trajectory(xyz, topology, time=times), energies)
+    traj = attach_energies(mdtraj.Trajectory(xyz, topology, time=times), energies)
+    chain = _read_chain_index(path)
+    if chain is not None:
+        setattr(traj, CHAIN_ATTRIBUTE, chain)
+    return traj
 
 
 # =============================================================================
 # simulate
 # =============================================================================
+def available_cores() -> int:
+    """CPU cores this process may run on (``sched_getaffinity``, else ``os.cpu_count()``).
+
+    The default number of MD chains in :func:`simulate`.
+
+    >>> available_cores() >= 1
+    True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _chain_seed(seed: int, chain: int) -> int:
+    """Seed of chain ``chain``: chain 0 keeps ``seed`` (a one-chain run is chain 0 of any
+    multi-chain run); the others get distinct seeds derived from it."""
+    return seed if chain == 0 else _openmm_seed(seed, 2, chain)
+
+
+def _chain_sizes(n_frames: int, n_chains: int) -> list[int]:
+    """Split ``n_frames`` over ``n_chains`` as evenly as possible (first chains larger)."""
+    base, extra = divmod(n_frames, n_chains)
+    return [base + (i < extra) for i in range(n_chains)]
+
+
+def _chain_folder(output: Path) -> Path:
+    """Folder of the per-chain files and checkpoints of a multi-chain ``output``."""
+    return output.with_name(output.name + _CHAINS_SUFFIX)
+
+
+def _chain_path(folder: Path, chain: int) -> Path:
+    return folder / f"chain-{chain}.h5"
+
+
 def simulate(
     msys: MolecularSystem,
     temperature: float,
@@ -476,13 +531,18 @@ def simulate(
     resume: bool = False,
     checkpoint_every: int = 100,
     quiet: bool = False,
+    n_chains: int | None = None,
 ) -> mdtraj.Trajectory:
     """Langevin MD at one temperature: the boundary samples for training.
 
-    The system is energy-minimised, equilibrated for ``equilibration_ps`` and then run
-    for ``n_frames * interval_ps`` with a ``LangevinMiddleIntegrator``, saving a frame
-    every ``interval_ps``. Frame ``i`` (from 0) has time ``(i + 1) * interval_ps`` ps,
-    counted from the start of production.
+    ``n_chains`` independent chains run in parallel processes, one per core by default.
+    Each chain starts from the system's positions, is energy-minimised, equilibrated for
+    ``equilibration_ps`` with its own seed and then run with a ``LangevinMiddleIntegrator``,
+    saving a frame every ``interval_ps``. The chains share ``n_frames`` (the first
+    ``n_frames % n_chains`` chains get one frame more) and are returned as one trajectory,
+    chain after chain; ``traj.chain_index`` (see :func:`frame_chains`) says which chain made
+    each frame. Frame ``i`` of a chain (from 0) has time ``(i + 1) * interval_ps`` ps,
+    counted from the start of that chain's production.
 
     Parameters
     ----------
@@ -491,41 +551,53 @@ def simulate(
     temperature : float
         Temperature in K (> 0).
     n_frames : int
-        Number of production frames (>= 1).
+        Number of production frames (>= 1), in total over the chains.
     interval_ps : float
         Time between frames in ps; a whole multiple of the time step.
     seed : int
-        Seed (>= 0) of the integrator and the initial velocities; on the CPU platform
-        the same seed gives the same trajectory.
+        Seed (>= 0) of the integrators and the initial velocities. Chain 0 uses ``seed``,
+        so a one-chain run is the first chain of a multi-chain run; chain ``c > 0`` uses a
+        seed derived from ``(seed, c)``. On the CPU platform the same seed and ``n_chains``
+        give the same trajectory.
     equilibration_ps : float, default 20.0
-        Equilibration after minimisation, not saved (rounded to whole steps).
+        Equilibration of each chain after minimisation, not saved (rounded to whole steps).
     timestep_ps : float, optional
         Default 0.002 ps when the system has constraints, 0.001 ps otherwise.
     friction_per_ps : float, default 1.0
         Langevin friction coefficient in 1/ps.
     platform : str, default "CPU"
-        OpenMM platform name ("Reference", "CPU", "CUDA", "OpenCL"). On CPU the Context
+        OpenMM platform name ("Reference", "CPU", "CUDA", "OpenCL"). On CPU each Context
         uses one thread, so the same seed gives the same trajectory bit for bit.
     output : path, optional
-        HDF5 file (mdtraj layout, with time and potential energies) written as the run
-        goes. Every ``checkpoint_every`` frames the new frames are appended and flushed,
-        then an OpenMM checkpoint of the integrator and context is written atomically to
-        ``output + ".chk"``.
+        HDF5 file (mdtraj layout, with time, potential energies and, for several chains,
+        the chain of each frame in the extra array ``chain_index``). With one chain it is
+        written as the run goes: every ``checkpoint_every`` frames the new frames are
+        appended and flushed, then an OpenMM checkpoint of the integrator and context is
+        written atomically to ``output + ".chk"``. With several chains each chain does the
+        same in ``output + ".chains/chain-<c>.h5"`` (and ``.chk``), and ``output`` is
+        written atomically, once, when every chain has finished; the ``.chains`` folder is
+        kept so that a finished run can be extended with a larger ``n_frames``.
     resume : bool, default False
-        Continue the run stored in ``output`` from its last checkpoint: frames written
-        after it are dropped and re-simulated, earlier ones are kept, so the result has no
-        duplicates or gaps. Settings must match the checkpoint. Without ``resume`` an
-        existing ``output`` is an error.
+        Continue the run stored in ``output`` from its last checkpoints: each chain drops
+        the frames written after its checkpoint and re-simulates them, earlier ones are
+        kept, so the result has no duplicates or gaps. Settings (and ``n_chains``) must
+        match the checkpoints. Without ``resume`` an existing ``output`` (or its
+        ``.chains`` folder) is an error.
     checkpoint_every : int, default 100
-        Frames between checkpoints when ``output`` is given.
+        Frames between checkpoints (per chain) when ``output`` is given.
     quiet : bool, default False
         No progress bar (it also hides when stderr is not a TTY) and no printed summary.
+    n_chains : int, optional
+        Number of chains, each in its own process with one OpenMM CPU thread. Default:
+        :func:`available_cores`, at most ``n_frames``; with ``resume``, the number of
+        chains of the stored run. ``n_chains=1`` runs in this process.
 
     Returns
     -------
     mdtraj.Trajectory
-        ``n_frames`` frames with ``traj.potential_energy`` (kJ/mol, float64) attached;
-        see :func:`simulation_summary` for statistical inefficiencies.
+        ``n_frames`` frames with ``traj.potential_energy`` (kJ/mol, float64) and
+        ``traj.chain_index`` (int, ``(n_frames,)``) attached; see
+        :func:`simulation_summary` for statistical inefficiencies.
 
     Raises
     ------
@@ -534,15 +606,21 @@ def simulate(
         without ``resume``, or an unwritable ``output``.
     CheckpointError
         ``resume`` with a checkpoint made with other settings or an inconsistent file.
+    WorkerError
+        A chain's process died (the other chains are stopped; their checkpoints stay).
 
     Examples
     --------
     >>> import openmm_trade as ot
     >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
     >>> traj = ot.md.simulate(msys, 300, n_frames=3, interval_ps=0.1, seed=1,
-    ...                       equilibration_ps=0.2, quiet=True)
+    ...                       equilibration_ps=0.2, quiet=True, n_chains=1)
     >>> traj.time
     array([0.1, 0.2, 0.3])
+    >>> two = ot.md.simulate(msys, 300, n_frames=3, interval_ps=0.1, seed=1,
+    ...                      equilibration_ps=0.2, quiet=True, n_chains=2)
+    >>> two.chain_index, two.time
+    (array([0, 0, 1]), array([0.1, 0.2, 0.1]))
     """
     _check_system(msys)
     temperature = check_temperature(temperature)
@@ -553,30 +631,179 @@ def simulate(
     timestep_ps = default_timestep_ps(msys) if timestep_ps is None else _check_float(
         timestep_ps, "timestep_ps")
     friction_per_ps = _check_float(friction_per_ps, "friction_per_ps", allow_zero=True)
-    steps_per_frame = _steps_per(interval_ps, timestep_ps, "interval_ps")
+    _steps_per(interval_ps, timestep_ps, "interval_ps")
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every")
-    openmm_platform = _platform(platform)
+    _platform(platform)
+    if n_chains is None:
+        n_chains = _resumed_chains(output) if resume and output is not None else None
+        n_chains = min(available_cores(), n_frames) if n_chains is None else n_chains
+    elif _check_int(n_chains, "n_chains") > n_frames:
+        raise InputError(f"n_chains must be at most n_frames={n_frames}, got {n_chains}")
+    n_chains = int(n_chains)
+    run = {"temperature": temperature, "interval_ps": interval_ps,
+           "equilibration_ps": equilibration_ps, "timestep_ps": timestep_ps,
+           "friction_per_ps": friction_per_ps, "platform": platform,
+           "checkpoint_every": checkpoint_every}
+
+    folder = None
+    if output is not None:
+        output = _check_writable(output, "output")
+        folder = _chain_folder(output)
+        if (output.exists() or folder.exists()) and not resume:
+            raise InputError(
+                f"output {output} already exists; pass resume=True to continue that run or "
+                "choose another path"
+            )
+        single = output.with_name(output.name + _CHECKPOINT_SUFFIX).exists()
+        if resume and n_chains > 1 and output.exists() and not (single or folder.exists()):
+            raise CheckpointError(
+                f"{output} has no checkpoints (no {folder.name} folder); it cannot be resumed "
+                "(move it away)"
+            )
+        if resume and ((n_chains > 1 and single) or (n_chains == 1 and folder.exists())):
+            made = 1 if single else len(list(folder.glob("chain-*.h5")))
+            raise CheckpointError(
+                f"cannot resume {output}: it was made with n_chains={made}, now n_chains="
+                f"{n_chains}"
+            )
+
+    bar = _progress(n_frames, quiet, f"MD {temperature:g} K")
+    try:
+        if n_chains == 1:
+            xyz, times, energies = _run_chain(
+                msys, n_frames=n_frames, seed=seed, output=output, resume=resume,
+                progress=_bar_updater(bar, interval_ps), **run)
+            chain = np.zeros(n_frames, dtype=np.int64)
+        else:
+            if folder is not None:
+                found = len(list(folder.glob("chain-*.h5"))) if folder.exists() else 0
+                if resume and found > n_chains:
+                    raise CheckpointError(
+                        f"cannot resume {output}: it was made with n_chains={found}, now "
+                        f"n_chains={n_chains}"
+                    )
+                folder.mkdir(exist_ok=True)
+            jobs = [
+                {**run, "n_frames": size, "seed": _chain_seed(seed, c), "resume": resume,
+                 "output": None if folder is None else _chain_path(folder, c)}
+                for c, size in enumerate(_chain_sizes(n_frames, n_chains))
+            ]
+            parts = _run_chains(msys, jobs, _bar_updater(bar, interval_ps))
+            xyz, times, energies = (np.concatenate(p) for p in zip(*parts, strict=True))
+            chain = np.repeat(np.arange(n_chains), [len(p[0]) for p in parts])
+            if output is not None:
+                _write_frames(output, msys.mdtraj_topology, xyz, times, energies, chain)
+    finally:
+        bar.close()
+
+    traj = attach_energies(mdtraj.Trajectory(xyz, msys.mdtraj_topology, time=times), energies)
+    setattr(traj, CHAIN_ATTRIBUTE, chain)
+    if not quiet:
+        print(f"simulate: {_format_summary(simulation_summary(traj))}", file=sys.stderr)
+    return traj
+
+
+def _resumed_chains(output: PathLike) -> int | None:
+    """Number of chains of the run stored in ``output`` (None when there is none)."""
+    output = Path(output).expanduser()
+    if output.with_name(output.name + _CHECKPOINT_SUFFIX).exists():
+        return 1
+    folder = _chain_folder(output)
+    found = len(list(folder.glob("chain-*.h5"))) if folder.is_dir() else 0
+    return found or None
+
+
+def frame_chains(source: mdtraj.Trajectory | PathLike) -> np.ndarray:
+    """The MD chain (0, 1, ...) of each frame of a trajectory or an HDF5 file.
+
+    Reads ``traj.chain_index`` (set by :func:`simulate` and :func:`load_trajectory`) or
+    the file's ``chain_index`` array; frames without that record are one chain (zeros).
+    Consecutive frames of the same chain are consecutive in time; analyses of time series
+    (transitions, autocorrelation) must not join the end of one chain to the start of the
+    next.
+
+    >>> import numpy as np, mdtraj
+    >>> top = mdtraj.Topology(); c = top.add_chain(); r = top.add_residue("X", c)
+    >>> _ = top.add_atom("A", mdtraj.element.argon, r)
+    >>> frame_chains(mdtraj.Trajectory(np.zeros((3, 1, 3)), top))
+    array([0, 0, 0])
+    """
+    if isinstance(source, mdtraj.Trajectory):
+        chain = getattr(source, CHAIN_ATTRIBUTE, None)
+        if chain is not None and len(chain) == source.n_frames:
+            return np.asarray(chain, dtype=np.int64)
+        return np.zeros(source.n_frames, dtype=np.int64)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"trajectory file not found: {path}")
+    chain = _read_chain_index(path)
+    if chain is None:
+        from mdtraj.formats import HDF5TrajectoryFile
+
+        with HDF5TrajectoryFile(str(path), mode="r") as handle:
+            return np.zeros(len(handle), dtype=np.int64)
+    return chain
+
+
+def _read_chain_index(path: Path) -> np.ndarray | None:
+    """The ``chain_index`` array of an HDF5 file written by :func:`simulate`, or None."""
+    import tables
+
+    with tables.open_file(str(path), mode="r") as handle:
+        if CHAIN_ATTRIBUTE not in handle.root:
+            return None
+        return np.asarray(handle.root[CHAIN_ATTRIBUTE][:], dtype=np.int64)
+
+
+def _write_frames(path: Path, topology, xyz, times, energies, chain) -> None:
+    """Write frames and their chain index to an mdtraj HDF5 file, atomically."""
+    with atomic_write_path(path) as tmp:
+        frame_file = _FrameFile(tmp, topology, mode="w")
+        try:
+            frame_file.append(xyz, times, energies)
+            frame_file.add_array(CHAIN_ATTRIBUTE, np.asarray(chain, dtype=np.int64))
+        finally:
+            frame_file.close()
+
+
+def _bar_updater(bar, interval_ps: float):
+    """Progress callback ``(n, resumed)``: advance ``bar``; show ns/day of new frames."""
+    start, new = time.perf_counter(), [0]
+
+    def update(n: int, resumed: bool = False) -> None:
+        bar.update(n)
+        if not resumed:
+            new[0] += n
+            speed = _ns_per_day(new[0] * interval_ps, time.perf_counter() - start)
+            bar.set_postfix_str(f"{speed:.1f} ns/day", refresh=False)
+
+    return update
+
+
+def _run_chain(
+    msys: MolecularSystem, temperature: float, n_frames: int, interval_ps: float, seed: int,
+    equilibration_ps: float, timestep_ps: float, friction_per_ps: float, platform: str,
+    output: Path | None, resume: bool, checkpoint_every: int, progress,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chain of :func:`simulate` (arguments already checked): ``(xyz, times, energies)``.
+
+    ``progress(n, resumed)`` is called with the frames kept from a checkpoint
+    (``resumed=True``) and then with each new frame."""
+    steps_per_frame = _steps_per(interval_ps, timestep_ps, "interval_ps")
     settings = {
         "fingerprint": msys.fingerprint, "temperature": temperature, "interval_ps": interval_ps,
         "timestep_ps": timestep_ps, "friction_per_ps": friction_per_ps, "seed": seed,
         "equilibration_ps": equilibration_ps, "platform": platform,
     }
-
     checkpoint_path = None
     if output is not None:
-        output = _check_writable(output, "output")
         checkpoint_path = output.with_name(output.name + _CHECKPOINT_SUFFIX)
-        if output.exists() and not resume:
-            raise InputError(
-                f"output {output} already exists; pass resume=True to continue that run or "
-                "choose another path"
-            )
 
     integrator = openmm.LangevinMiddleIntegrator(
         temperature * unit.kelvin, friction_per_ps / unit.picosecond, timestep_ps * unit.picosecond
     )
     integrator.setRandomNumberSeed(_openmm_seed(seed))
-    context = openmm.Context(msys.system, integrator, openmm_platform,
+    context = openmm.Context(msys.system, integrator, _platform(platform),
                              _platform_properties(platform))
     evaluator = _EnergyEvaluator(msys.system, platform)
 
@@ -630,14 +857,14 @@ def simulate(
             _write_checkpoint(checkpoint_path, {**settings, "n_frames": 0},
                               context.createCheckpoint())
     n_done = len(done_xyz)
+    if n_done:
+        progress(n_done, True)
 
     xyz = np.empty((n_frames, msys.n_atoms, 3), np.float32)
     energies = np.empty(n_frames)
     xyz[:n_done], energies[:n_done] = done_xyz, done_energies
     times = interval_ps * np.arange(1, n_frames + 1)
     last_saved = n_done
-    bar = _progress(n_frames, quiet, f"MD {temperature:g} K", initial=n_done)
-    start = time.perf_counter()
     try:
         for i in range(n_done, n_frames):
             integrator.step(steps_per_frame)
@@ -656,18 +883,101 @@ def simulate(
                 _write_checkpoint(checkpoint_path, {**settings, "n_frames": i + 1},
                                   context.createCheckpoint())
                 last_saved = i + 1
-            bar.update(1)
-            speed = _ns_per_day((i + 1 - n_done) * interval_ps, time.perf_counter() - start)
-            bar.set_postfix_str(f"{speed:.1f} ns/day", refresh=False)
+            progress(1)
     finally:
-        bar.close()
         if frame_file is not None:
             frame_file.close()
+    return xyz, times, energies
 
-    traj = attach_energies(mdtraj.Trajectory(xyz, msys.mdtraj_topology, time=times), energies)
-    if not quiet:
-        print(f"simulate: {_format_summary(simulation_summary(traj))}", file=sys.stderr)
-    return traj
+
+#: Seconds between progress messages of a chain process.
+_PROGRESS_EVERY_S = 0.5
+
+
+def _run_chains(msys: MolecularSystem, jobs: list[dict], progress) -> list[tuple]:
+    """Run :func:`_run_chain` for each job in its own child interpreter, in parallel.
+
+    Children are ``python -c`` interpreters talking length-prefixed pickles over pipes
+    (the :mod:`openmm_trade.worker_pool` protocol, and for the same reasons: no fork of a
+    threaded process, no re-import of the caller's ``__main__``). A child that dies shows
+    up as end-of-file on its pipe: the others are stopped and :class:`WorkerError` is
+    raised. A child exits when its stdin closes, so none outlives this process.
+    """
+    from .worker_pool import _describe_exit, _read_message, _stop, _write_message, child_env
+
+    code = "from openmm_trade.md import _chain_main; _chain_main()"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, bufsize=0, env=child_env(),
+                         start_new_session=True)  # Ctrl-C goes to this process
+        for _ in jobs
+    ]
+    results: list[tuple | None] = [None] * len(jobs)
+    try:
+        for proc, job in zip(processes, jobs, strict=True):
+            _write_message(proc.stdin.fileno(), (msys, job))
+        pending = {proc.stdout.fileno(): c for c, proc in enumerate(processes)}
+        while pending:
+            ready, _, _ = select.select(list(pending), [], [])
+            for fd in ready:
+                chain = pending[fd]
+                try:
+                    kind, detail = _read_message(fd)
+                except EOFError:
+                    proc = processes[chain]
+                    raise WorkerError(
+                        f"MD chain {chain} (pid {proc.pid}) {_describe_exit(proc)}; the other "
+                        "chains were stopped (resume=True continues from their checkpoints)"
+                    ) from None
+                if kind == "progress":
+                    progress(*detail)
+                elif kind == "done":
+                    results[chain] = detail
+                    del pending[fd]
+                elif isinstance(detail, Exception):
+                    raise detail
+                else:
+                    raise WorkerError(f"MD chain {chain} failed:\n{detail}")
+    finally:
+        _stop(processes, timeout=0.0 if None in results else 5.0)
+    return results
+
+
+def _chain_main() -> None:
+    """Body of an MD chain process (see :func:`_run_chains`)."""
+    from .worker_pool import _read_message, _write_message
+
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed by OpenMM goes to stderr, not the protocol
+    msys, job = _read_message(0)
+
+    def watch_parent() -> None:  # the parent closed our stdin or died: stop at once
+        while os.read(0, 1 << 16):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    pending, last = [0, 0], [time.monotonic()]
+
+    def progress(n: int, resumed: bool = False) -> None:
+        if resumed:
+            _write_message(reply_fd, ("progress", (n, True)))
+            return
+        pending[0] += n
+        if time.monotonic() - last[0] >= _PROGRESS_EVERY_S:
+            _write_message(reply_fd, ("progress", (pending[0], False)))
+            pending[0], last[0] = 0, time.monotonic()
+
+    try:
+        result = _run_chain(msys, progress=progress, **job)
+        if pending[0]:
+            _write_message(reply_fd, ("progress", (pending[0], False)))
+        _write_message(reply_fd, ("done", result))
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        try:
+            _write_message(reply_fd, ("error", err))
+        except Exception:  # noqa: BLE001 - not picklable
+            _write_message(reply_fd, ("error", traceback.format_exc()))
 
 
 # =============================================================================

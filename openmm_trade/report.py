@@ -124,6 +124,7 @@ def write_report(out, figures: bool = False) -> Path:
         f"temperature range {config['temperatures']['range'][0]:g}–"
         f"{config['temperatures']['range'][1]:g} K.", "",
     ]
+    lines += _coverage_section(out)
     if (out / "free_energy.csv").exists():
         rows = _read_csv(out / "free_energy.csv")
         n_drawn = int(config.get("free_energy", {}).get("n", 0))
@@ -166,6 +167,27 @@ def write_report(out, figures: bool = False) -> Path:
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+def _coverage_section(out: Path) -> list[str]:
+    """Basin transitions of the slow torsions in the boundary data (``coverage.json``)."""
+    path = out / "coverage.json"
+    if not path.exists():
+        return []
+    coverage = json.loads(path.read_text())
+    lines = ["## Boundary coverage", "",
+             f"Slow torsions of the {coverage['n_frames']} boundary frames "
+             f"({coverage['n_chains']} MD chain(s)): transitions between basins (core sets "
+             "with hysteresis) and statistical inefficiency g in frames. A model can only "
+             "transfer states the boundary data visit.", ""]
+    lines += _table(["torsion", "basins", "transitions", "g (frames)"],
+                    [[t["name"], str(t["n_basins"]), str(t["transitions"]),
+                      f"{t['statistical_inefficiency']:.1f}"] for t in coverage["torsions"]])
+    if coverage["flagged"]:
+        lines += ["", f"**Warning:** {', '.join(coverage['flagged'])} crossed fewer than "
+                  f"{coverage['min_transitions']} times: the boundary data likely miss or "
+                  "misweight states (run longer MD, or MD at the top of the range)."]
+    return lines + [""]
 
 
 def _cost_section(out: Path) -> list[str]:

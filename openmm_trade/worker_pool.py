@@ -371,6 +371,14 @@ def _describe_exit(proc: subprocess.Popen) -> str:
     return f"exited with code {code}"
 
 
+def child_env() -> dict[str, str]:
+    """Environment of a child interpreter: this one's, with this package importable."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _stop(processes: list[subprocess.Popen], timeout: float = STOP_TIMEOUT) -> None:
     """Close the workers' stdin (they exit on EOF); kill whoever is still alive after
     ``timeout`` seconds. Idempotent; safe at interpreter exit."""
@@ -410,11 +418,7 @@ class WorkerPool:
     def __init__(self, spec: ContextSpec, n_workers: int, start_timeout: float = START_TIMEOUT):
         self.n_workers = n_workers
         self._broken: str | None = None
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH")) if p
-        )
+        env = child_env()
         self._processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "openmm_trade.worker_pool"],

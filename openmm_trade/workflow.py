@@ -3,6 +3,7 @@
 Stages, each writing into the output directory and recorded in ``stages.json`` when done::
 
     boundary     boundary.h5             MD at T0 (or the user's trajectories), with energies
+                 coverage.json           basin transitions of the slow torsions (flagged < 10)
     training     model.pt, checkpoints/  TemperatureFlow fitted by NLL at T0 + TRADE
                  training_history.csv
     sampling     samples/<T>K.h5         weighted trajectories at every target temperature
@@ -180,13 +181,26 @@ class RunWorkflow:
                 self.msys, temperature=spec["temperature"], n_frames=spec["n_frames"],
                 interval_ps=spec["interval_ps"], equilibration_ps=spec["equilibration_ps"],
                 seed=self.config.compute["seed"], platform=self.config.compute["platform"],
-                output=path, resume=self.resume, quiet=self.quiet)
+                output=path, resume=self.resume, quiet=self.quiet,
+                n_chains=spec.get("n_chains"))
             steps = round(spec["n_frames"] * spec["interval_ps"] / md.default_timestep_ps(
                 self.msys))
-            return {"frames": traj.n_frames, "energy_evaluations": steps}
-        traj = md.load_boundary(spec["files"], self.msys, stride=spec["stride"])
-        md.save_trajectory(traj, path)
-        return {"frames": traj.n_frames, "energy_evaluations": 0}
+            record = {"frames": traj.n_frames, "energy_evaluations": steps}
+        else:
+            traj = md.load_boundary(spec["files"], self.msys, stride=spec["stride"])
+            md.save_trajectory(traj, path)
+            record = {"frames": traj.n_frames, "energy_evaluations": 0}
+        return {**record, "coverage_ok": self._check_coverage(traj)}
+
+    def _check_coverage(self, traj) -> bool:
+        """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`) and log its summary."""
+        from .coverage import measure
+
+        result = measure(traj)
+        write_text_atomic(self.out / "coverage.json", json.dumps(
+            {**result.to_dict(), "summary": result.summary()}, indent=2))
+        (log.info if result.ok else log.warning)("%s", result.summary())
+        return result.ok
 
     def _boundary(self):
         from . import md

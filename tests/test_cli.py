@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import openmm_trade as ot
 from openmm_trade.cli import main
 
 COMMANDS = ["demo", "run", "md", "train", "sample", "free-energy", "report", "systems"]
@@ -40,7 +41,8 @@ n_bootstrap = 10
 
 OUTPUTS = ["config.toml", "run.log", "stages.json", "boundary.h5", "model.pt",
            "training_history.csv", "samples/300K.h5", "samples/450K.h5", "free_energy.csv",
-           "populations.csv", "figures/ess.png", "figures/ramachandran.png", "report.md"]
+           "populations.csv", "figures/ess.png", "figures/ramachandran.png", "report.md",
+           "coverage.json"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -98,6 +100,13 @@ def test_run_writes_every_documented_output(tiny_run):
 
     metadata = torch.load(out / "model.pt", weights_only=True)["metadata"]
     assert metadata["holdout_frames"] == 6 and metadata["overlap_sigma"] > 0
+    # boundary coverage: 60 frames cannot cross 10 times, so the flag is raised everywhere
+    coverage = json.loads((out / "coverage.json").read_text())
+    assert [t["name"] for t in coverage["torsions"]] == ["phi", "psi"] and not coverage["ok"]
+    assert stages["boundary"]["coverage_ok"] is False
+    assert "coverage of 60 boundary frames" in output and "WARNING" in output
+    report = (out / "report.md").read_text()
+    assert "## Boundary coverage" in report and "**Warning:** phi, psi" in report
 
 
 def test_rerun_without_resume_refuses_a_used_directory(tiny_run):
@@ -161,7 +170,9 @@ def test_step_by_step_commands(tmp_path):
         assert result.exit_code == 0, result.output + repr(result.exception)
         return result.output
 
-    invoke("md", "--n-frames", "40", "--interval-ps", "0.1")
+    text = invoke("md", "--n-frames", "40", "--interval-ps", "0.1", "--chains", "2")
+    assert "coverage of 40 boundary frames (2 chains)" in text
+    assert list(ot.md.frame_chains(tmp_path / "boundary.h5")) == [0] * 20 + [1] * 20
     invoke("train", "--boundary", str(tmp_path / "boundary.h5"), "--temperature", "300",
            "--range", "300", "400", "--steps", "3")
     text = invoke("sample", "--model", str(tmp_path / "model.pt"), "--temperature", "350",

@@ -10,7 +10,18 @@ from openmm_trade.errors import ConfigError
 
 def test_defaults_and_round_trip(tmp_path):
     cfg = config.validate({"system": {"name": "alanine-dipeptide-vacuum"}})
-    assert cfg.boundary["temperature"] == 300.0 and cfg.simulate_boundary
+    # T0 defaults to the top of the range; a given one (bottom, middle) is kept
+    assert cfg.boundary["temperature"] == 600.0 and cfg.simulate_boundary
+    for t0 in (300.0, 450.0):
+        given = config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
+                                 "boundary": {"temperature": t0}})
+        assert given.boundary["temperature"] == t0
+    narrow = config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
+                              "temperatures": {"range": [280.0, 400.0], "targets": [300.0]}})
+    assert narrow.boundary["temperature"] == 400.0
+    with pytest.raises(ConfigError, match="temperature: required with 'files'"):
+        config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
+                         "boundary": {"files": ["md.dcd"]}})
     assert cfg.compute == {"platform": "CPU", "n_workers": 1, "torch_threads": 1,
                            "device": "cpu", "seed": 1}
     path = tmp_path / "run.toml"
@@ -66,7 +77,8 @@ def test_model_and_training_keys_checked_against_the_api():
 
 def test_relative_paths_resolve_to_the_config_folder(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text("[system]\npdb = 'mol.pdb'\n[boundary]\nfiles = ['md.dcd']\n")
+    path.write_text("[system]\npdb = 'mol.pdb'\n[boundary]\nfiles = ['md.dcd']\n"
+                    "temperature = 300.0\n")
     cfg = config.load(path)
     assert cfg.system["pdb"] == str(tmp_path / "mol.pdb")
     assert cfg.boundary["files"] == [str(tmp_path / "md.dcd")] and not cfg.simulate_boundary

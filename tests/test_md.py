@@ -43,7 +43,7 @@ def openmm_energies(msys, xyz, platform="CPU") -> np.ndarray:
 @pytest.fixture(scope="module")
 def short_run(vacuum):
     return ot.md.simulate(vacuum, temperature=300, n_frames=8, interval_ps=0.1, seed=3,
-                          equilibration_ps=0.2, quiet=True)
+                          equilibration_ps=0.2, quiet=True, n_chains=1)
 
 
 def test_simulate_frames_energies_and_reproducibility(vacuum, short_run):
@@ -57,7 +57,7 @@ def test_simulate_frames_energies_and_reproducibility(vacuum, short_run):
     d = mdtraj.compute_distances(traj, vacuum.constrained_pairs)
     assert np.max(np.abs(d - vacuum.constraint_lengths)) < 1e-5
     again = ot.md.simulate(vacuum, temperature=300, n_frames=8, interval_ps=0.1, seed=3,
-                           equilibration_ps=0.2, quiet=True)
+                           equilibration_ps=0.2, quiet=True, n_chains=1)
     np.testing.assert_array_equal(again.xyz, traj.xyz)
     # energies do not survive slicing; potential_energies recomputes them given the system
     sub = traj[::2]
@@ -79,7 +79,7 @@ _KILLED_RUN = """
 import openmm_trade as ot
 msys = ot.systems.load("alanine-dipeptide-vacuum")
 ot.md.simulate(msys, 300, n_frames={n}, interval_ps=0.1, seed=5, equilibration_ps=0.2,
-               output={out!r}, checkpoint_every=10, quiet=True)
+               output={out!r}, checkpoint_every=10, quiet=True, n_chains={k})
 """
 
 
@@ -95,7 +95,7 @@ def test_kill_and_resume(vacuum, tmp_path):
     n_frames, out = 300, tmp_path / "run.h5"
     chk = out.with_name(out.name + ".chk")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENMM_CPU_THREADS": "1"}
-    script = textwrap.dedent(_KILLED_RUN.format(n=n_frames, out=str(out)))
+    script = textwrap.dedent(_KILLED_RUN.format(n=n_frames, out=str(out), k=1))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -113,14 +113,14 @@ def test_kill_and_resume(vacuum, tmp_path):
 
     with pytest.raises(InputError, match="resume=True"):
         ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
-                       equilibration_ps=0.2, output=out, quiet=True)
+                       equilibration_ps=0.2, output=out, quiet=True, n_chains=1)
     with pytest.raises(CheckpointError, match="temperature"):
         ot.md.simulate(vacuum, 310, n_frames=n_frames, interval_ps=0.1, seed=5,
-                       equilibration_ps=0.2, output=out, resume=True, quiet=True)
+                       equilibration_ps=0.2, output=out, resume=True, quiet=True, n_chains=1)
 
     traj = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
                           equilibration_ps=0.2, output=out, resume=True,
-                          checkpoint_every=10, quiet=True)
+                          checkpoint_every=10, quiet=True, n_chains=1)
     assert traj.n_frames == n_frames
     np.testing.assert_allclose(np.diff(traj.time), 0.1, rtol=1e-6)  # no duplicates or gaps
     assert traj.time[0] == pytest.approx(0.1)
@@ -133,8 +133,125 @@ def test_kill_and_resume(vacuum, tmp_path):
                                rtol=1e-6)
     # resuming a finished run simulates nothing and returns the same frames
     done = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
-                          equilibration_ps=0.2, output=out, resume=True, quiet=True)
+                          equilibration_ps=0.2, output=out, resume=True, quiet=True, n_chains=1)
     np.testing.assert_array_equal(done.xyz, traj.xyz)
+
+
+def test_chains_recorded_and_reproducible(vacuum):
+    traj = ot.md.simulate(vacuum, 300, n_frames=7, interval_ps=0.1, seed=3,
+                          equilibration_ps=0.2, quiet=True, n_chains=2)
+    np.testing.assert_array_equal(ot.md.frame_chains(traj), [0, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(traj.time, [0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3])
+    np.testing.assert_allclose(traj.potential_energy, openmm_energies(vacuum, traj.xyz),
+                               rtol=1e-6)
+    # chain 0 keeps the seed: it is the one-chain run; chain 1 is another trajectory
+    first = ot.md.simulate(vacuum, 300, n_frames=4, interval_ps=0.1, seed=3,
+                           equilibration_ps=0.2, quiet=True, n_chains=1)
+    np.testing.assert_array_equal(traj.xyz[:4], first.xyz)
+    assert np.abs(traj.xyz[4] - traj.xyz[0]).max() > 0.01
+    np.testing.assert_array_equal(ot.md.frame_chains(traj[:2]), [0, 0])  # not carried: one
+    with pytest.raises(InputError, match="n_chains"):
+        ot.md.simulate(vacuum, 300, n_frames=2, interval_ps=0.1, seed=3, n_chains=3, quiet=True)
+    with pytest.raises(InputError, match="n_chains"):
+        ot.md.simulate(vacuum, 300, n_frames=2, interval_ps=0.1, seed=3, n_chains=0, quiet=True)
+
+
+def _chain_checkpoints(folder: Path, n_chains: int) -> list[int]:
+    return [_checkpointed_frames(folder / f"chain-{c}.h5.chk") for c in range(n_chains)]
+
+
+def test_chains_kill_and_resume(vacuum, tmp_path):
+    """Kill a two-chain run (the parent, SIGKILL): its chain processes stop by themselves,
+    and resume=True continues each chain from its checkpoint, giving exactly the frames of
+    an uninterrupted run."""
+    n_frames, out = 600, tmp_path / "run.h5"
+    folder = tmp_path / "run.h5.chains"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = textwrap.dedent(_KILLED_RUN.format(n=n_frames, out=str(out), k=2))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while min(_chain_checkpoints(folder, 2)) < 20:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    at_kill = _chain_checkpoints(folder, 2)
+    time.sleep(2.0)
+    assert _chain_checkpoints(folder, 2) == at_kill, "chain processes outlived their parent"
+    assert all(20 <= n < n_frames // 2 for n in at_kill) and not out.exists(), at_kill
+
+    with pytest.raises(InputError, match="resume=True"):
+        ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
+                       equilibration_ps=0.2, output=out, quiet=True, n_chains=2)
+    with pytest.raises(CheckpointError, match="n_chains"):
+        ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
+                       equilibration_ps=0.2, output=out, resume=True, quiet=True, n_chains=1)
+    with pytest.raises(CheckpointError, match="temperature"):
+        ot.md.simulate(vacuum, 310, n_frames=n_frames, interval_ps=0.1, seed=5,
+                       equilibration_ps=0.2, output=out, resume=True, quiet=True, n_chains=2)
+    traj = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
+                          equilibration_ps=0.2, output=out, resume=True, checkpoint_every=10,
+                          quiet=True)  # n_chains: as stored (2)
+    fresh = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
+                           equilibration_ps=0.2, quiet=True, n_chains=2)
+    np.testing.assert_array_equal(traj.xyz, fresh.xyz)  # resumed = uninterrupted, bit for bit
+    np.testing.assert_array_equal(traj.chain_index, np.repeat([0, 1], n_frames // 2))
+    stored = ot.md.load_trajectory(out)
+    np.testing.assert_array_equal(stored.xyz, traj.xyz)
+    np.testing.assert_array_equal(ot.md.frame_chains(out), traj.chain_index)
+    np.testing.assert_array_equal(stored.chain_index, traj.chain_index)
+    assert mdtraj.load(str(out)).n_frames == n_frames  # still a plain mdtraj file
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_chain_death_raises(vacuum, tmp_path):
+    """A chain process that dies is a WorkerError at once (no hang); the other stops."""
+    import threading
+
+    from openmm_trade.errors import WorkerError
+
+    outcome = {}
+
+    def run():
+        try:
+            ot.md.simulate(vacuum, 300, n_frames=100_000, interval_ps=0.1, seed=5,
+                           equilibration_ps=0.2, quiet=True, n_chains=2,
+                           output=tmp_path / "run.h5", checkpoint_every=10)
+        except Exception as err:  # noqa: BLE001 - inspected below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while min(_chain_checkpoints(tmp_path / "run.h5.chains", 2)) < 1:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    children = _children(os.getpid())
+    assert len(children) == 2
+    os.kill(children[1], signal.SIGKILL)
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "simulate hangs after a chain died"
+    assert isinstance(outcome.get("error"), WorkerError)
+    assert "killed by SIGKILL" in str(outcome["error"])
+    time.sleep(0.5)
+    assert _children(os.getpid()) == []
 
 
 def _user_simulation(msys, seed=11):
