@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from . import __version__
 from .errors import OpenMMTradeError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -100,7 +101,7 @@ def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="openmm-trade")
+@click.version_option(version=__version__, prog_name="openmm-trade")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress messages to stderr.")
 def main(verbose: bool) -> None:
     """openmm-trade: one normalizing flow for a whole temperature range (TRADE).
