@@ -51,7 +51,7 @@ def one_line(error: BaseException, limit: int = 240) -> str:
 
     For messages that quote a third-party error (OpenMM, torch, HDF5) inside ours.
 
-    >>> one_line(ValueError("No template found.  For more information, see https://x\n"))
+    >>> one_line(ValueError("No template found.  For more information, see https://x\\n"))
     'No template found.'
     """
     text = " ".join(str(error).split()) or type(error).__name__
