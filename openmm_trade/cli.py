@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from . import __version__
 from .errors import OpenMMTradeError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -111,7 +112,7 @@ def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="openmm-trade")
+@click.version_option(version=__version__, prog_name="openmm-trade")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress messages to stderr.")
 def main(verbose: bool) -> None:
     """openmm-trade: one normalizing flow for a whole temperature range (TRADE).
@@ -219,10 +220,12 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chain
     """
     from . import md as md_module
     from .coverage import measure
+    from .units import check_temperature
 
     out = out or Path("openmm-trade-md")
-    out.mkdir(parents=True, exist_ok=True)
+    check_temperature(temperature, "--temperature")
     msys = _load_system(system_name, pdb, forcefield)
+    out.mkdir(parents=True, exist_ok=True)
     traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
                               interval_ps=interval_ps, seed=1 if seed is None else seed,
                               output=out / "boundary.h5", resume=resume, quiet=_quiet(quiet),
@@ -234,7 +237,8 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chain
 @main.command()
 @_system_options
 @click.option("--boundary", "boundary_file", required=True,
-              type=click.Path(exists=True, dir_okay=False), help="boundary.h5 from `md`.")
+              type=click.Path(exists=True, dir_okay=False),
+              help="boundary.h5 from `md`, or MD frames in any format mdtraj reads.")
 @click.option("--temperature", type=float, required=True, help="Boundary temperature T0 (K).")
 @click.option("--range", "t_range", type=float, nargs=2, required=True,
               help="Temperature range LOW HIGH (K).")
@@ -256,12 +260,15 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
     from .training import train as train_model
 
     out = out or Path("openmm-trade-train")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _check_temperatures(t_range, "--range")
+    _check_temperatures([temperature], "--temperature", within=sorted(t_range),
+                        range_name="--range")
     msys = _load_system(system_name, pdb, forcefield)
-    boundary = md_module.load_trajectory(boundary_file)
+    boundary = md_module.load_boundary(boundary_file, msys)
     model = TemperatureFlow.for_system(msys, boundary, temperature_range=tuple(t_range),
                                        reference_temperature=temperature)
     options = {} if steps is None else {"steps": steps}
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
         train_model(model, energy, boundary=boundary, boundary_temperature=temperature,
                     temperature_range=tuple(t_range), checkpoint=out / "checkpoints",
@@ -285,12 +292,28 @@ def _model_options(function):
     return function
 
 
-def _load_model(system_name: str, pdb, forcefield, model_file):
-    """The system and the trained TemperatureFlow saved for it."""
+def _check_temperatures(temperatures, option: str, within=None,
+                        range_name: str = "the model's range") -> None:
+    """Each value a temperature > 0 K (and inside ``within``, a model's range)."""
+    from .errors import InputError
+    from .units import check_temperature
+
+    for t in temperatures:
+        check_temperature(t, option)
+        if within is not None and not within[0] <= t <= within[1]:
+            raise InputError(f"{option}: expected temperatures within {range_name} "
+                             f"[{within[0]:g}, {within[1]:g}] K, found {t:g} K")
+
+
+def _load_model(system_name: str, pdb, forcefield, model_file, temperatures):
+    """The system and the trained TemperatureFlow saved for it; ``temperatures`` checked."""
     from .flow import TemperatureFlow
 
+    _check_temperatures(temperatures, "--temperature")
     msys = _load_system(system_name, pdb, forcefield)
-    return msys, TemperatureFlow.load(model_file, msys)
+    model = TemperatureFlow.load(model_file, msys)
+    _check_temperatures(temperatures, "--temperature", within=model.temperature_range)
+    return msys, model
 
 
 @main.command()
@@ -310,7 +333,7 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
     from .workflow import temperature_label
 
     out = out or Path("openmm-trade-samples")
-    msys, model = _load_model(system_name, pdb, forcefield, model_file)
+    msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
     with OpenMMEnergy(msys) as energy:
         for t in temperature:
             path = out / "samples" / f"{temperature_label(t)}.h5"
@@ -343,8 +366,8 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
     from .workflow import summary_table
 
     out = out or Path("openmm-trade-free-energy")
+    msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
     out.mkdir(parents=True, exist_ok=True)
-    msys, model = _load_model(system_name, pdb, forcefield, model_file)
     with OpenMMEnergy(msys) as energy:
         table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
                                                 n=n_samples, seed=1 if seed is None else seed)

@@ -269,10 +269,17 @@ def validate(data: dict, source: str = "<config>", check_api: bool = True) -> Ru
             _check_api_section(section, values, problems)
         sections[section] = values
     _check_relations(sections, problems)
-    if problems:
-        raise ConfigError(f"{source}: {len(problems)} problem{'s' * (len(problems) > 1)}:\n"
-                          + "\n".join(f"  - {p}" for p in problems))
+    _raise_problems(source, problems)
     return RunConfig(**sections, source=source)
+
+
+def _raise_problems(source: str, problems: list[str]) -> None:
+    """A :class:`ConfigError` listing ``problems`` (one line for one problem), if any."""
+    if len(problems) == 1:
+        raise ConfigError(f"{source}: {problems[0]}")
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problems:\n"
+                          + "\n".join(f"  - {p}" for p in problems))
 
 
 def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
@@ -308,6 +315,8 @@ def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
 def load(path: str | os.PathLike, check_api: bool = True) -> RunConfig:
     """Read and validate a TOML run configuration; relative paths resolve to its folder.
 
+    The files it names (``[system] pdb``/``xml``, ``[boundary] files``) must exist.
+
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.toml"
     >>> _ = p.write_text('[system]\\nname = "alanine-dipeptide-vacuum"\\n')
@@ -319,9 +328,11 @@ def load(path: str | os.PathLike, check_api: bool = True) -> RunConfig:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        raise ConfigError(f"{path}: configuration file not found (expected an existing TOML "
+                          "file)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: expected TOML text, found an error: "
+                          f"{err}") from None
     config = validate(data, source=str(path), check_api=check_api)
     base = path.resolve().parent
     for key in ("pdb", "xml"):
@@ -329,4 +340,9 @@ def load(path: str | os.PathLike, check_api: bool = True) -> RunConfig:
             config.system[key] = str(base / config.system[key])
     if "files" in config.boundary:
         config.boundary["files"] = [str(base / f) for f in config.boundary["files"]]
+    named = [(f"[system] {key}", config.system[key]) for key in ("pdb", "xml")
+             if key in config.system]
+    named += [("[boundary] files", f) for f in config.boundary.get("files", [])]
+    _raise_problems(str(path), [f"{where}: expected an existing file, found none at {file}"
+                                for where, file in named if not Path(file).is_file()])
     return config

@@ -62,3 +62,25 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def unreadable_torch_file(path: PathLike, error: BaseException) -> str:
+    """What was found in a file ``torch.load`` failed on, in words, for an error message.
+
+    >>> import tempfile, pathlib
+    >>> junk = pathlib.Path(tempfile.mkdtemp()) / "junk.pt"
+    >>> _ = junk.write_bytes(b"hello")
+    >>> unreadable_torch_file(junk, RuntimeError("174812789"))
+    '5 bytes that are not a torch file (random bytes, or a truncated file)'
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    if not zipfile.is_zipfile(path):
+        return (f"{path.stat().st_size} bytes that are not a torch file "
+                "(random bytes, or a truncated file)")
+    if "weights only load failed" in str(error).lower():
+        return "a torch file with other content (a training checkpoint?)"
+    return f"a damaged torch file ({type(error).__name__})"

@@ -59,7 +59,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from .errors import CheckpointError, InputError, WorkerError
+from .errors import CheckpointError, InputError, WorkerError, one_line
 from .files import atomic_write_path, write_bytes_atomic
 from .mbar import _statistical_inefficiency
 from .system import MolecularSystem
@@ -248,7 +248,8 @@ def _check_atoms(top: mdtraj.Topology, msys: MolecularSystem, source: str) -> No
     expected = msys.mdtraj_topology
     if top.n_atoms != expected.n_atoms:
         raise InputError(
-            f"{source} has {top.n_atoms} atoms but the system {msys.name!r} has {expected.n_atoms}"
+            f"{source}: expected the {expected.n_atoms} atoms of {msys.name!r}, found "
+            f"{top.n_atoms} atoms (another molecule?)"
         )
     for a, b in zip(top.atoms, expected.atoms, strict=True):
         if (a.name, a.residue.name) != (b.name, b.residue.name):
@@ -465,18 +466,28 @@ def load_trajectory(path: PathLike, msys: MolecularSystem | None = None) -> mdtr
     if msys is not None:
         return load_boundary(path, msys)
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"trajectory file not found: {path}")
-    topology, xyz, times, energies = _read_frame_file(path)
+    topology, xyz, times, energies = _read_trajectory_file(path)
     if topology is None or energies is None:
         raise InputError(
-            f"{path} lacks a topology or potential energies; use load_boundary(path, msys)"
+            f"trajectory file {path}: expected a topology and potential energies (as "
+            "simulate writes them), found none; use load_boundary(path, msys)"
         )
     traj = attach_energies(mdtraj.Trajectory(xyz, topology, time=times), energies)
     chain = _read_chain_index(path)
     if chain is not None:
         setattr(traj, CHAIN_ATTRIBUTE, chain)
     return traj
+
+
+def _read_trajectory_file(path: Path):
+    """:func:`_read_frame_file` for a user's file: an :class:`InputError` if unusable."""
+    if not path.is_file():
+        raise InputError(f"trajectory file {path} not found: expected an existing file")
+    try:
+        return _read_frame_file(path)
+    except Exception as error:  # noqa: BLE001 - PyTables/HDF5 raise many types
+        raise InputError(f"trajectory file {path}: expected an mdtraj HDF5 trajectory, found a "
+                         f"file that HDF5 cannot read ({type(error).__name__})") from None
 
 
 # =============================================================================
@@ -1093,11 +1104,12 @@ class BoundaryReporter:
 def _load_one(path: Path, msys: MolecularSystem, stride: int):
     """Load one file: ``(traj, stored energies or None)``, atoms checked."""
     if not path.is_file():
-        raise InputError(f"trajectory file not found: {path}")
+        raise InputError(f"trajectory file {path} not found: expected an existing file")
     if path.suffix.lower() in (".h5", ".hdf5"):
-        topology, xyz, times, energies = _read_frame_file(path)
+        topology, xyz, times, energies = _read_trajectory_file(path)
         if topology is None:
-            raise InputError(f"{path} has no topology (not an mdtraj HDF5 file?)")
+            raise InputError(f"trajectory file {path}: expected an mdtraj HDF5 file with a "
+                             "topology, found none")
         _check_atoms(topology, msys, str(path))
         xyz, times = xyz[::stride], times[::stride]
         energies = None if energies is None else energies[::stride]
@@ -1110,7 +1122,8 @@ def _load_one(path: Path, msys: MolecularSystem, stride: int):
             traj = mdtraj.load(str(path), top=msys.mdtraj_topology, stride=stride)
     except (ValueError, OSError, TypeError, RuntimeError) as err:
         raise InputError(
-            f"cannot load {path} as a trajectory of {msys.name!r} ({msys.n_atoms} atoms): {err}"
+            f"trajectory file {path}: expected a trajectory of {msys.name!r} ({msys.n_atoms} "
+            f"atoms), found a file mdtraj cannot load ({one_line(err)})"
         ) from None
     _check_atoms(traj.topology, msys, str(path))
     return mdtraj.Trajectory(traj.xyz, msys.mdtraj_topology, time=traj.time), None
@@ -1185,8 +1198,13 @@ def load_boundary(
     pieces = []
     for path in paths:
         traj, stored = _load_one(path, msys, stride)
-        if not np.all(np.isfinite(traj.xyz)):
-            raise InputError(f"{path} contains non-finite coordinates")
+        if not traj.n_frames:
+            raise InputError(f"trajectory file {path}: expected at least one frame, found none")
+        finite = np.isfinite(traj.xyz).all(axis=(1, 2))
+        if not finite.all():
+            raise InputError(f"trajectory file {path}: expected finite coordinates, found NaN "
+                             f"or infinite values in {np.count_nonzero(~finite)} frame(s), the "
+                             f"first at index {np.flatnonzero(~finite)[0]}")
         _check_constraints(traj, msys, str(path))
         evaluator = evaluator or _EnergyEvaluator(msys.system, platform)
         energies = evaluator(traj.xyz)

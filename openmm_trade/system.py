@@ -20,7 +20,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from .errors import InputError, UnsupportedSystemError
+from .errors import InputError, UnsupportedSystemError, one_line
 
 PathLike = str | os.PathLike
 
@@ -62,6 +62,56 @@ def _positions_nm(positions, n_atoms: int) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise InputError("positions contain NaN or infinite values")
     return array
+
+
+def _read_pdb(path: Path) -> app.PDBFile:
+    """``app.PDBFile(path)``, with an :class:`InputError` naming the file if it is unusable."""
+    if not path.is_file():
+        raise InputError(f"PDB file {path} not found: expected an existing file")
+    text = path.read_text(errors="replace")
+    if not any(line.startswith(("ATOM", "HETATM")) for line in text.splitlines()):
+        found = "an empty file" if not text.strip() else "no ATOM or HETATM records"
+        raise InputError(f"PDB file {path}: expected ATOM/HETATM records, found {found}")
+    try:
+        return app.PDBFile(str(path))
+    except Exception as error:  # noqa: BLE001 - PDBFile raises IndexError, ValueError, ...
+        raise InputError(f"PDB file {path}: expected well-formed ATOM/HETATM records, found a "
+                         f"malformed or truncated record ({type(error).__name__}: "
+                         f"{one_line(error)})") from None
+
+
+def _read_forcefield(files: tuple[str, ...]) -> app.ForceField:
+    """``app.ForceField(*files)``, with an :class:`InputError` naming the unusable file."""
+    from xml.etree import ElementTree
+
+    for name in files:
+        if Path(name).is_file():  # a file of the user's (OpenMM's own are trusted)
+            try:
+                root = ElementTree.parse(name).getroot().tag
+            except ElementTree.ParseError as error:
+                raise InputError(f"force-field file {name}: expected OpenMM force-field XML, "
+                                 f"found text that is not XML ({error})") from None
+            if root != "ForceField":
+                raise InputError(f"force-field file {name}: expected an OpenMM <ForceField> "
+                                 f"XML file, found <{root}>")
+    try:
+        return app.ForceField(*files)
+    except Exception as error:  # noqa: BLE001 - ForceField raises ValueError, KeyError, ...
+        missing = [n for n in files if f'"{n}"' in str(error)]
+        if missing and "could not locate" in str(error).lower():
+            raise InputError(f"force-field file {missing[0]}: expected a path or a force field "
+                             "that OpenMM ships (e.g. amber14-all.xml), found no such file"
+                             ) from None
+        raise InputError(f"force-field files {', '.join(files)}: expected OpenMM force-field "
+                         f"XML, found: {one_line(error)}") from None
+
+
+def _named_after(path: Path, build):
+    """``build()``, with the file named in the :class:`InputError` it may raise."""
+    try:
+        return build()
+    except InputError as error:
+        raise type(error)(f"{path}: {error}") from None
 
 
 class MolecularSystem:
@@ -118,10 +168,10 @@ class MolecularSystem:
             )
         if system.usesPeriodicBoundaryConditions():
             raise UnsupportedSystemError(
-                "system uses periodic boundary conditions (explicit solvent?); an "
-                "internal-coordinate flow supports only non-periodic systems. Use implicit "
-                "solvent, e.g. forcefield=('amber99sbildn.xml', 'amber96_obc.xml') with "
-                "nonbondedMethod=NoCutoff"
+                "system: expected a non-periodic system (vacuum or implicit solvent), found "
+                "periodic boundary conditions (explicit solvent?), which an internal-coordinate "
+                "flow cannot model. Use implicit solvent, e.g. forcefield=('amber99sbildn.xml', "
+                "'amber96_obc.xml') with nonbondedMethod=NoCutoff"
             )
         self.system = system
         self.topology = topology
@@ -166,19 +216,26 @@ class MolecularSystem:
         0
         """
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"PDB file not found: {path}")
         if isinstance(forcefield, str):
             forcefield = (forcefield,)
-        pdb = app.PDBFile(str(path))
-        ff = app.ForceField(*forcefield)
-        system = ff.createSystem(
-            pdb.topology,
-            nonbondedMethod=nonbonded_method,
-            constraints=_constraint_option(constraints),
-            **system_options,
-        )
-        return cls(system, pdb.topology, pdb.getPositions(), name=name or path.stem)
+        forcefield = tuple(str(f) for f in forcefield)
+        pdb = _read_pdb(path)
+        ff = _read_forcefield(forcefield)
+        try:
+            system = ff.createSystem(
+                pdb.topology,
+                nonbondedMethod=nonbonded_method,
+                constraints=_constraint_option(constraints),
+                **system_options,
+            )
+        except ValueError as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(f"PDB file {path}: expected residues and options that the force "
+                             f"field {', '.join(forcefield)} can build a system from, found: "
+                             f"{one_line(error)}") from None
+        return _named_after(path, lambda: cls(system, pdb.topology, pdb.getPositions(),
+                                              name=name or path.stem))
 
     @classmethod
     def from_prmtop(
@@ -202,11 +259,22 @@ class MolecularSystem:
     @classmethod
     def from_xml(cls, system_xml: PathLike, pdb: PathLike, name=None) -> MolecularSystem:
         """Load a serialized ``System`` (XML file) with the topology/positions of a PDB."""
-        text = Path(system_xml).read_text()
-        system = openmm.XmlSerializer.deserialize(text)
-        structure = app.PDBFile(str(pdb))
-        return cls(system, structure.topology, structure.getPositions(),
-                   name=name or Path(pdb).stem)
+        system_xml = Path(system_xml)
+        if not system_xml.is_file():
+            raise InputError(f"system XML file {system_xml} not found: expected an existing "
+                             "file")
+        try:
+            system = openmm.XmlSerializer.deserialize(system_xml.read_text(errors="replace"))
+        except Exception as error:  # noqa: BLE001 - OpenMM raises plain Exception here
+            raise InputError(f"system XML file {system_xml}: expected a System written by "
+                             f"openmm.XmlSerializer, found: {one_line(error)}") from None
+        if not isinstance(system, openmm.System):
+            raise InputError(f"system XML file {system_xml}: expected a serialized System, "
+                             f"found a serialized {type(system).__name__}")
+        structure = _read_pdb(Path(pdb))
+        return _named_after(system_xml, lambda: cls(system, structure.topology,
+                                                    structure.getPositions(),
+                                                    name=name or Path(pdb).stem))
 
     @classmethod
     def from_testsystem(cls, testsystem, name=None) -> MolecularSystem:

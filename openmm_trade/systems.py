@@ -1,5 +1,9 @@
 """Registry of built-in systems, defined by the TOML files in the top-level ``systems/``.
 
+An installed package (wheel, sdist, ``pip install .``) carries a copy of that folder in
+``openmm_trade/_systems/`` (made by setup.py at build time); a checkout or an editable
+install reads ``systems/`` next to the package.
+
 Example
 -------
 >>> import openmm_trade as ot
@@ -17,8 +21,16 @@ from pathlib import Path
 from .errors import InputError
 from .system import MolecularSystem
 
+
+def _systems_dir() -> Path:
+    """The installed copy of the built-in systems if there is one, else the checkout's."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_systems"
+    return installed if installed.is_dir() else package.parent / "systems"
+
+
 #: Folder holding the built-in definitions (PDB + TOML).
-SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
+SYSTEMS_DIR = _systems_dir()
 
 _UNSET = object()
 

@@ -88,8 +88,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .energy import Energy
-from .errors import CheckpointError, InputError, OpenMMTradeError
-from .files import PathLike, atomic_write_path, write_text_atomic
+from .errors import CheckpointError, InputError, OpenMMTradeError, one_line
+from .files import PathLike, atomic_write_path, unreadable_torch_file, write_text_atomic
 from .metrics import overlap_log_weights
 from .trade import EVALUATION_POINTS, TradeObjective
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
@@ -980,15 +980,24 @@ class Trainer:
     def load_checkpoint(self, path: PathLike) -> None:
         """Restore a run from a checkpoint written by :meth:`save_checkpoint`."""
         path = Path(path)
+        expected = f"checkpoint {path}: expected a training checkpoint of openmm_trade"
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as error:  # noqa: BLE001 - any unreadable file is a CheckpointError
-            raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {error}") from error
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise CheckpointError(f"{str(path)!r} is not an openmm_trade training checkpoint")
+            raise CheckpointError(f"{expected}, found {unreadable_torch_file(path, error)}"
+                                  ) from None
+        found = state.get("format") if isinstance(state, dict) else None
+        if isinstance(found, str) and found.startswith(_FORMAT.split("/")[0] + "/") \
+                and found != _FORMAT:
+            raise CheckpointError(f"checkpoint {path}: expected format {_FORMAT!r}, found "
+                                  f"{found!r} (written by another openmm_trade version)")
+        if found != _FORMAT:
+            raise CheckpointError(f"{expected}, found " + (f"a file of format {found!r}" if found
+                                                          else f"a saved {type(state).__name__}"))
         differences = self.config.differences(state["config"])
         if differences:
-            raise CheckpointError(f"checkpoint {str(path)!r} was written with other settings: "
+            raise CheckpointError(f"checkpoint {path}: expected the settings of this run, "
+                                  "found other ones: "
                                   + "; ".join(differences))
         if state["config"]["steps"] != self.config.steps:
             warnings.warn(f"resuming with steps={self.config.steps} instead of "
@@ -997,8 +1006,9 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as error:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model: "
-                                  f"{error}") from error
+            raise CheckpointError(f"checkpoint {path}: expected weights that fit this model, "
+                                  "found weights of another model (another molecule or "
+                                  f"architecture): {one_line(error)}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scheduler.lr_lambdas[0] = LearningRateFactor(

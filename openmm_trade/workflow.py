@@ -139,6 +139,7 @@ class RunWorkflow:
         """Run every unfinished stage; returns the stage records."""
         import torch
 
+        self.msys  # noqa: B018 - build (and check) the system before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.out / "config.toml", self.config.to_toml())
         handler = logging.FileHandler(self.out / "run.log")

@@ -79,6 +79,10 @@ def test_relative_paths_resolve_to_the_config_folder(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("[system]\npdb = 'mol.pdb'\n[boundary]\nfiles = ['md.dcd']\n"
                     "temperature = 300.0\n")
+    with pytest.raises(ConfigError, match=r"\[system\] pdb: expected an existing file"):
+        config.load(path)  # the files a configuration names must exist
+    (tmp_path / "mol.pdb").touch()
+    (tmp_path / "md.dcd").touch()
     cfg = config.load(path)
     assert cfg.system["pdb"] == str(tmp_path / "mol.pdb")
     assert cfg.boundary["files"] == [str(tmp_path / "md.dcd")] and not cfg.simulate_boundary

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from ..coordinates import ANGLE_EPS, InternalCoordinates
-from ..errors import CheckpointError, InputError
-from ..files import atomic_write_path
+from ..errors import CheckpointError, InputError, one_line
+from ..files import atomic_write_path, unreadable_torch_file
 from ..system import MolecularSystem
 from .conditional import ConditionalFlow, alternating_layers
 from .domain import Domain
@@ -391,30 +391,36 @@ class TemperatureFlow(nn.Module):
             Unreadable or foreign file, or a system whose fingerprint differs.
         """
         path = Path(path)
+        expected = f"model file {path}: expected a model saved by TemperatureFlow.save"
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"model file not found: {path}") from None
-        except Exception as error:  # torch raises many types for corrupt files
-            raise CheckpointError(f"cannot read model file {path}: {error}") from error
+        except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
+            raise CheckpointError(f"{expected}, found {unreadable_torch_file(path, error)}"
+                                  ) from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a saved TemperatureFlow")
+            found = payload.get("format") if isinstance(payload, dict) else None
+            raise CheckpointError(f"{expected}, found "
+                                  + (f"a file of format {found!r}" if found else
+                                     f"a saved {type(payload).__name__}"))
         if payload.get("version") != _VERSION:
-            raise CheckpointError(f"{path} has format version {payload.get('version')}, "
-                                  f"this openmm_trade reads version {_VERSION}")
-        if payload["fingerprint"] != msys.fingerprint:
+            raise CheckpointError(f"model file {path}: expected format version {_VERSION}, "
+                                  f"found version {payload.get('version')} (saved by another "
+                                  "openmm_trade version)")
+        if payload.get("fingerprint") != msys.fingerprint:
             raise CheckpointError(
-                f"{path} was trained for another system (fingerprint "
-                f"{payload['fingerprint'][:12]}…, this system {msys.fingerprint[:12]}…): "
-                "load it with the MolecularSystem it was built for")
+                f"model file {path}: expected a model of {msys.name!r} ({msys.n_atoms} atoms, "
+                f"fingerprint {msys.fingerprint[:12]}…), found one trained for another system "
+                f"({payload.get('n_atoms')} atoms, fingerprint "
+                f"{str(payload.get('fingerprint'))[:12]}…): load it with the MolecularSystem it "
+                "was built for")
         coordinates = InternalCoordinates.from_system(msys, zmatrix=payload["zmatrix"])
         dtype = dtype or getattr(torch, payload["dtype"])
         flow = ConditionalFlow(**payload["config"], device=device, dtype=dtype)
         try:
             flow.load_state_dict(payload["state_dict"])
         except RuntimeError as error:
-            raise CheckpointError(
-                f"{path}: weights do not fit the architecture: {error}") from error
+            raise CheckpointError(f"model file {path}: expected weights that fit its "
+                                  f"architecture, found: {one_line(error)}") from None
         model = cls(msys, flow, coordinates)
         model.metadata = dict(payload.get("metadata", {}))
         return model
