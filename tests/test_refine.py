@@ -175,3 +175,23 @@ def test_alanine_keeps_constraints_and_chirality(vacuum, vacuum_frames):
         assert np.isfinite(result.energies).all()
     assert wt.refinement["force_evaluations"] == energy.n_evaluations - (
         rejuvenated.refinement["force_evaluations"])
+
+
+def test_temperature_profile_with_refinement():
+    toy, domains = poor_flows()[0]
+    model = make_flow(domains)
+    temperatures = [300.0, 400.0, 500.0]
+    table = ot.free_energy.temperature_profile(model, toy, temperatures, n=1000, n_bootstrap=20,
+                                               seed=0, quiet=True, refine=OPTIONS)
+    plain = ot.free_energy.temperature_profile(model, toy, temperatures, n=1000, n_bootstrap=20,
+                                               seed=0, quiet=True)
+    log_z = toy.log_partition_function(np.array(temperatures))
+    exact = log_z[0] - log_z
+    assert table.delta_f_kT[0] == 0.0 and table.delta_f_kT_err[0] == 0.0
+    errors = table.delta_f_kT_err[1:]
+    assert np.all((errors > 0) & (errors < 0.2))
+    assert np.all(np.abs(table.delta_f_kT - exact)[1:] < 3 * errors + 0.02)
+    assert np.all(np.abs(table.mean_energy - toy.mean_energy(np.array(temperatures)))
+                  < 3 * table.mean_energy_err + 0.2)
+    assert np.all(np.isfinite(table.delta_f_ti_kT)) and table.ti_max_deviation_kT < 0.2
+    assert np.max(np.abs(table.delta_f_kT - exact)) < np.max(np.abs(plain.delta_f_kT - exact))
