@@ -179,6 +179,23 @@ def check_options(refine) -> SMC | None:
     raise InputError(f"refine must be a bool or an openmm_trade.SMC, got {type(refine).__name__}")
 
 
+def options_from_config(sampling: dict, refine: bool | None = None) -> SMC | None:
+    """SMC options from a run configuration's ``[sampling]`` section (``None``: off).
+
+    ``refine`` overrides the section's ``refine`` switch (``[free_energy] refine``).
+
+    >>> options_from_config({"refine": True, "refine_kernel": "hmc", "refine_steps": 3})
+    ... # doctest: +ELLIPSIS
+    SMC(resample_threshold=0.5, ..., kernel='hmc', n_leapfrog=5, n_mcmc_steps=3, ...)
+    >>> options_from_config({"refine": False}) is None
+    True
+    """
+    if not (sampling.get("refine", False) if refine is None else refine):
+        return None
+    return SMC(kernel=sampling.get("refine_kernel", "mala"),
+               n_mcmc_steps=int(sampling.get("refine_steps", SMC.n_mcmc_steps)))
+
+
 # ---------------------------------------------------------------------------- the space
 class _Space:
     """Coordinates of the moves, the base density ``log p`` and the target ``log q``.
@@ -765,4 +782,4 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
                        {"n": n, "seed": seed, "energy": type(energy).__name__})
 
 
-__all__ = ["SMC", "check_options", "rejuvenate", "smc"]
+__all__ = ["SMC", "check_options", "options_from_config", "rejuvenate", "smc"]

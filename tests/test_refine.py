@@ -195,3 +195,29 @@ def test_temperature_profile_with_refinement():
                   < 3 * table.mean_energy_err + 0.2)
     assert np.all(np.isfinite(table.delta_f_ti_kT)) and table.ti_max_deviation_kT < 0.2
     assert np.max(np.abs(table.delta_f_kT - exact)) < np.max(np.abs(plain.delta_f_kT - exact))
+
+
+def test_command_line_and_config_refine(vacuum, vacuum_frames, tmp_path):
+    from click.testing import CliRunner
+
+    from openmm_trade.cli import main
+    from openmm_trade.refine import options_from_config
+
+    model = TemperatureFlow.for_system(vacuum, vacuum_frames, (T, 600.0), hidden=8,
+                                       n_blocks=1, seed=0)
+    model.save(tmp_path / "model.pt")
+    result = CliRunner().invoke(main, [
+        "sample", "--system", "alanine-dipeptide-vacuum", "--model", str(tmp_path / "model.pt"),
+        "--temperature", "300", "-n", "32", "--refine", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "SMC:" in result.output
+    wt = ot.WeightedTrajectory.load(next((tmp_path / "samples").glob("*.h5")))
+    assert wt.refinement["method"] == "smc" and len(wt) == 32
+    config = ot.config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
+                                 "sampling": {"refine": True, "refine_kernel": "hmc"}})
+    options = options_from_config(config.sampling)
+    assert options.kernel == "hmc" and options.n_mcmc_steps == 2
+    assert options_from_config(config.sampling, refine=config.free_energy["refine"]) is None
+    with pytest.raises(ot.errors.ConfigError, match="refine_kernel"):
+        ot.config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
+                            "sampling": {"refine_kernel": "gibbs"}})
