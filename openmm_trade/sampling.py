@@ -330,6 +330,9 @@ class WeightedTrajectory:
             if other.clip_log_weights != first.clip_log_weights:
                 raise InputError("trajectories must share clip_log_weights")
         metadata = dict(first.metadata, concatenated=len(trajectories))
+        # one run's refinement record (its ln Z error, history) does not describe the union;
+        # the union's weights still average the runs' ln Z estimates (see refinement)
+        metadata.pop("refinement", None)
         return cls(np.concatenate([t.samples for t in trajectories]),
                    np.concatenate([t.energies for t in trajectories]),
                    np.concatenate([t.log_prob for t in trajectories]),
