@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -227,8 +227,13 @@ class _Space:
             raise InputError("model must be an openmm_trade TemperatureFlow or "
                              f"flow.ConditionalFlow (with domains), got {type(model).__name__}")
 
-        def base(z: torch.Tensor) -> torch.Tensor:
-            return flow.log_prob(z, temperature).to(torch.float64)
+        if tuple(energy.event_shape) != tuple(getattr(model, "event_shape", ())):
+            raise InputError(f"energy.event_shape {tuple(energy.event_shape)} does not match "
+                             f"model.event_shape {tuple(getattr(model, 'event_shape', ()))}")
+        device = flow.device
+
+        def base(z: torch.Tensor) -> torch.Tensor:  # float64 on the CPU, like the particles
+            return flow.log_prob(z.to(device), temperature).to("cpu", torch.float64)
 
         periodic = [d.kind in ("circular", "arc") for d in domains]
         return cls(energy, temperature, len(domains), periodic, base, coordinates, chunk_size)
@@ -327,9 +332,10 @@ class _Space:
                 if self.coordinates is None:
                     x, log_det = self.to_x(inside), torch.zeros_like(inside[:, 0])
                 else:
-                    x, log_det = self.coordinates.inverse(inside)
-                u = self.energy(x).to(torch.float64)
-                value = -self.beta * u + log_det.to(torch.float64)
+                    device = self.coordinates.bond_mask.device
+                    x, log_det = self.coordinates.inverse(inside.to(device))
+                u = self.energy(x).to("cpu", torch.float64)
+                value = -self.beta * u + log_det.to("cpu", torch.float64)
                 ok = torch.isfinite(value.detach())
                 if ok.any():
                     (g,) = torch.autograd.grad(value[ok].sum(), z)
@@ -608,10 +614,12 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
     islands = _Islands(n, max(1, min(options.n_islands, n // 16)))
     start = energy.n_evaluations
     flow = getattr(model, "flow", model)
+    draw = gen if flow.device.type == "cpu" else torch.Generator(device=flow.device).manual_seed(
+        int(torch.randint(2**62, (1,), generator=gen)))
     with torch.no_grad():
         sizes = [min(options.chunk_size, n - i) for i in range(0, n, options.chunk_size)]
-        z = torch.cat([flow.sample(m, temperature, generator=gen)[0] for m in sizes])
-        z = z.to(torch.float64)
+        z = torch.cat([flow.sample(m, temperature, generator=draw)[0] for m in sizes])
+        z = z.to("cpu", torch.float64)
     z = space.wrap(z)
     point = space.evaluate(z)
     mover = _Mover(space, options, gen)
@@ -665,6 +673,8 @@ def _trajectory(model, space: _Space, z, point: _Point, log_w: np.ndarray, log_z
     """A WeightedTrajectory whose weights are ``log_w`` shifted to ``ln mean w = ln Z``."""
     n = len(z)
     with torch.no_grad():
+        if space.coordinates is not None:
+            z = z.to(space.coordinates.bond_mask.device)
         x = space.to_x(z).detach().cpu().numpy()
     energies = point.energies.numpy().astype(np.float64)
     stored = log_w + log_z + math.log(n)
@@ -771,7 +781,7 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
                         "resampled": False,
                         "force_evaluations": int(energy.n_evaluations - start)})
     refinement = {
-        "method": "rejuvenate", "options": asdict(replace(options)), "seed": seed,
+        "method": "rejuvenate", "options": asdict(options), "seed": seed,
         "levels": 0, "history": history, "log_partition_estimate": log_z,
         "log_partition_error": math.nan,
         "distinct_ancestors": int(len(np.unique(index))),
