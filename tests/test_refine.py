@@ -163,6 +163,12 @@ def test_alanine_keeps_constraints_and_chirality(vacuum, vacuum_frames):
         wt = smc(model, energy, T, n=64, options=SMC(n_islands=2, max_levels=4,
                                                      n_mcmc_steps=2), seed=0, quiet=True)
         rejuvenated = rejuvenate(wt, energy, options=SMC(n_mcmc_steps=2), seed=0)
+        again = smc(model, energy, T, n=64, options=SMC(n_islands=2, max_levels=4,
+                                                        n_mcmc_steps=2), seed=0, quiet=True)
+    assert np.array_equal(again.samples, wt.samples)  # same seed, same result (CPU, 1 thread)
+    assert np.array_equal(again.log_weights, wt.log_weights)
+    assert rejuvenated.ess == 1.0
+    assert rejuvenated.log_partition_estimate == pytest.approx(wt.log_partition_estimate)
     for result in (wt, rejuvenated):
         xyz = result.trajectory.xyz.astype(np.float64)
         pairs = np.asarray(vacuum.constrained_pairs)
@@ -173,8 +179,10 @@ def test_alanine_keeps_constraints_and_chirality(vacuum, vacuum_frames):
         history = result.refinement["history"]
         assert all(0.0 < h["acceptance"] for h in history)
         assert np.isfinite(result.energies).all()
-    assert wt.refinement["force_evaluations"] == energy.n_evaluations - (
+    assert 2 * wt.refinement["force_evaluations"] == energy.n_evaluations - (
         rejuvenated.refinement["force_evaluations"])
+    with pytest.raises(ot.errors.InputError, match="log_weights"):
+        rejuvenate(wt, energy, log_weights=np.zeros(len(wt)))
 
 
 def test_temperature_profile_with_refinement():
