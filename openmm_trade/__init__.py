@@ -27,6 +27,8 @@ _PUBLIC = {
     "train": ("training", "train"),
     "WeightedTrajectory": ("sampling", "WeightedTrajectory"),
     "sample": ("sampling", "sample"),
+    "SMC": ("refine", "SMC"),
+    "refine": ("refine", None),
     "KB": ("units", "KB"),
     "systems": ("systems", None),
     "md": ("md", None),

@@ -287,6 +287,9 @@ def _model_options(function):
         click.option("--temperature", type=float, multiple=True, required=True,
                      help="Temperature in K (repeatable)."),
         click.option("-n", "--n-samples", type=int, default=10_000, show_default=True),
+        click.option("--refine", is_flag=True,
+                     help="Refine the samples with the force field (SMC: annealing from the "
+                          "model to exp(-U/kT) with MALA moves)."),
     ]):
         function = decorator(function)
     return function
@@ -320,7 +323,7 @@ def _load_model(system_name: str, pdb, forcefield, model_file, temperatures):
 @_model_options
 @_common
 @_handle_errors
-def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
+def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, refine,
            out, seed, quiet, resume) -> None:
     """Draw weighted trajectories at new temperatures: OUT/samples/<T>K.h5.
 
@@ -340,10 +343,13 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
             if resume and path.exists():
                 continue
             wt = draw(model, energy, temperature=t, n=n_samples,
-                      seed=1 if seed is None else seed, quiet=_quiet(quiet))
+                      seed=1 if seed is None else seed, quiet=_quiet(quiet), refine=refine)
             path.parent.mkdir(parents=True, exist_ok=True)
             wt.save(path)
-            click.echo(f"{t:g} K: ESS {wt.ess:.1%} of {n_samples} -> {path}")
+            extra = "" if wt.refinement is None else (
+                f", SMC: {wt.refinement['levels']} levels, "
+                f"{wt.refinement['force_evaluations_per_sample']:.0f} force evaluations/sample")
+            click.echo(f"{t:g} K: ESS {wt.ess:.1%} of {n_samples}{extra} -> {path}")
 
 
 @main.command("free-energy")
@@ -351,7 +357,7 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples,
 @_common
 @_handle_errors
 def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n_samples,
-                        out, seed, quiet, resume) -> None:
+                        refine, out, seed, quiet, resume) -> None:
     """Δf(T), ⟨U⟩, C_v and ESS across temperature; writes OUT/free_energy.csv.
 
     Δf is relative to the model's reference temperature T0.
@@ -370,7 +376,8 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
     out.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
         table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
-                                                n=n_samples, seed=1 if seed is None else seed)
+                                                n=n_samples, seed=1 if seed is None else seed,
+                                                quiet=_quiet(quiet), refine=refine)
     table.to_csv(out / "free_energy.csv")
     click.echo(summary_table(out))
 

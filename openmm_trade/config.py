@@ -13,7 +13,8 @@ A configuration has these sections (all optional except ``[system]``)::
     [model]         keyword arguments of TemperatureFlow.for_system (architecture)
     [training]      keyword arguments of ot.train (steps, batch_size, ...)
     [sampling]      n = 10000                              # samples per target temperature
-    [free_energy]   n = 10000; n_bootstrap = 200
+                    refine = false; refine_kernel = "mala"; refine_steps = 2   # SMC refinement
+    [free_energy]   n = 10000; n_bootstrap = 200; refine = false
     [compute]       platform = "CPU"; n_workers = 1; torch_threads = 1; device = "cpu"; seed = 1
     [output]        figures = true
 
@@ -122,8 +123,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
     },
     "model": {},      # validated against TemperatureFlow.for_system's keywords
     "training": {},   # validated against ot.train's keywords
-    "sampling": {"n": (_integer(1), 10_000)},
-    "free_energy": {"n": (_integer(1), 10_000), "n_bootstrap": (_integer(1), 200)},
+    "sampling": {"n": (_integer(1), 10_000), "refine": (_bool, False),
+                 "refine_kernel": (_choice("mala", "hmc"), "mala"),
+                 "refine_steps": (_integer(1), 2)},
+    "free_energy": {"n": (_integer(1), 10_000), "n_bootstrap": (_integer(1), 200),
+                    "refine": (_bool, False)},
     "compute": {
         "platform": (_choice(*PLATFORMS), "CPU"),
         "n_workers": (_integer(1), 1),

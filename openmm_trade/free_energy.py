@@ -219,7 +219,7 @@ def _estimate(wt: WeightedTrajectory, n_bootstrap: int, rng) -> _Estimate:
 def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 10_000,
                         reference_temperature: float | None = None, n_bootstrap: int = 200,
                         seed: int | None = None, chunk_size: int = 1000,
-                        quiet: bool = False) -> TemperatureProfile:
+                        quiet: bool = False, refine=None) -> TemperatureProfile:
     """Δf(T), ⟨U⟩, C_v and ESS at each temperature by importance sampling with ``model``.
 
     Draws ``n`` samples at every temperature (and at T0 if it is not among them) with
@@ -243,6 +243,10 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
         Seeds sampling (one derived seed per temperature) and the bootstrap.
     chunk_size, quiet
         Passed to :func:`openmm_trade.sample`.
+    refine : bool or openmm_trade.SMC, optional
+        Refine every temperature's samples by SMC (:mod:`openmm_trade.refine`): Δf comes
+        from the SMC estimates of ``ln Z`` with their island errors (see
+        :func:`profile_from_trajectories`); ⟨U⟩ and C_v from the refined weighted samples.
 
     Returns
     -------
@@ -267,7 +271,8 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
         draw.append(t0)
     seeds = ([None] * len(draw) if seed is None else
              [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(draw))])
-    trajectories = [sample(model, energy, t, n, chunk_size=chunk_size, seed=s, quiet=quiet)
+    trajectories = [sample(model, energy, t, n, chunk_size=chunk_size, seed=s, quiet=quiet,
+                           refine=refine)
                     for t, s in zip(draw, seeds, strict=True)]
     return profile_from_trajectories(trajectories, reference_temperature=t0,
                                      n_bootstrap=n_bootstrap, seed=seed,
@@ -296,6 +301,12 @@ def profile_from_trajectories(trajectories: Sequence[WeightedTrajectory],
         T0; default the lowest temperature among ``trajectories``.
     n_bootstrap, seed
         Bootstrap replicates and seed.
+
+        The error of Δf is the bootstrap spread of the difference of the two ``ln Z``
+        estimates; for refined trajectories (``WeightedTrajectory.refinement``), whose
+        ``ln Z`` is an SMC estimate that a bootstrap of the final particles does not
+        capture, each side contributes its recorded ``log_partition_error`` instead and
+        the two add in quadrature (the temperatures are sampled independently).
     temperatures : sequence of float, optional
         Rows to report (default: every trajectory's temperature, in the given order).
 
@@ -338,7 +349,8 @@ def profile_from_trajectories(trajectories: Sequence[WeightedTrajectory],
                  for (t, wt), rng in zip(by_temperature.items(), rngs, strict=True)}
     reference = estimates[t0]
     delta = {t: reference.log_z - e.log_z for t, e in estimates.items()}
-    delta_err = {t: 0.0 if t == t0 else float(_std(reference.log_z_boot - e.log_z_boot))
+    delta_err = {t: 0.0 if t == t0 else _delta_f_error(by_temperature[t0], reference,
+                                                         by_temperature[t], e)
                  for t, e in estimates.items()}
     ti = _thermodynamic_integration(estimates, t0)
 
@@ -359,6 +371,20 @@ def profile_from_trajectories(trajectories: Sequence[WeightedTrajectory],
         n_failed=np.array([estimates[s].n_failed for s in rows], dtype=np.int64),
         reference_temperature=float(t0),
     )
+
+
+def _delta_f_error(wt0: WeightedTrajectory, e0: _Estimate, wt: WeightedTrajectory,
+                   e: _Estimate) -> float:
+    """Standard error of ``ln Z(β0) - ln Z(β)``: bootstrap, or SMC errors when refined."""
+    if wt0.refinement is None and wt.refinement is None:
+        return float(_std(e0.log_z_boot - e.log_z_boot))
+
+    def variance(trajectory: WeightedTrajectory, estimate: _Estimate) -> float:
+        if trajectory.refinement is not None:
+            return float(trajectory.log_partition_error) ** 2
+        return float(_std(estimate.log_z_boot)) ** 2
+
+    return math.sqrt(variance(wt0, e0) + variance(wt, e))
 
 
 def _thermodynamic_integration(estimates: dict[float, _Estimate], t0: float) -> dict:

@@ -252,6 +252,27 @@ class WeightedTrajectory:
         top = self.log_weights[finite].max()
         return float(top + np.log(np.exp(self.log_weights[finite] - top).sum()) - np.log(len(self)))
 
+    @property
+    def refinement(self) -> dict | None:
+        """What :mod:`openmm_trade.refine` recorded (history, ``ln Z`` error, distinct
+        ancestors, force evaluations), or ``None`` for plain importance sampling.
+
+        For refined trajectories ``log_prob`` holds the effective proposal log-density
+        ``-βU - log w``, so that :attr:`weights` are the SMC weights and
+        :attr:`log_partition_estimate` is the SMC estimate of ``ln Z``.
+        """
+        return self.metadata.get("refinement")
+
+    @property
+    def log_partition_error(self) -> float | None:
+        """Standard error of :attr:`log_partition_estimate` recorded by a refinement
+        (independent SMC islands), ``None`` for plain importance sampling."""
+        refinement = self.refinement
+        if refinement is None:
+            return None
+        value = refinement.get("log_partition_error")
+        return math.nan if value is None else float(value)
+
     def weighted_mean(self, values) -> np.ndarray:
         """Self-normalised importance-sampling average of ``values`` (shape ``(n, ...)``)."""
         values = np.asarray(values, dtype=np.float64)
@@ -309,6 +330,9 @@ class WeightedTrajectory:
             if other.clip_log_weights != first.clip_log_weights:
                 raise InputError("trajectories must share clip_log_weights")
         metadata = dict(first.metadata, concatenated=len(trajectories))
+        # one run's refinement record (its ln Z error, history) does not describe the union;
+        # the union's weights still average the runs' ln Z estimates (see refinement)
+        metadata.pop("refinement", None)
         return cls(np.concatenate([t.samples for t in trajectories]),
                    np.concatenate([t.energies for t in trajectories]),
                    np.concatenate([t.log_prob for t in trajectories]),
@@ -467,7 +491,7 @@ def _show_progress(quiet: bool) -> bool:
 
 def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
            output: PathLike | None = None, seed: int | None = None, quiet: bool = False,
-           clip_log_weights: float | None = None) -> WeightedTrajectory:
+           clip_log_weights: float | None = None, refine=None) -> WeightedTrajectory:
     """Draw ``n`` samples at ``temperature`` from ``model`` and weight them with ``energy``.
 
     Samples are drawn and evaluated in chunks under ``torch.no_grad()``, so memory stays
@@ -497,6 +521,11 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
         No progress bar (also quiet when stderr is not a TTY).
     clip_log_weights : float, optional
         See :class:`WeightedTrajectory` (off by default).
+    refine : bool or openmm_trade.SMC, optional
+        ``True`` or an :class:`~openmm_trade.refine.SMC` of options: refine the model's
+        samples with the force field by sequential Monte Carlo
+        (:func:`openmm_trade.refine.smc`; ``chunk_size`` sets its batch size unless the
+        options do). Not combined with ``clip_log_weights``.
 
     Returns
     -------
@@ -526,6 +555,9 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     system = getattr(model, "system", None)
     topology = getattr(system, "mdtraj_topology", None)
     clip = _check_clip(clip_log_weights)
+    if refine is not None and refine is not False:
+        return _refined(model, energy, temperature, int(n), chunk_size, output, seed, quiet,
+                        clip, refine)
     metadata = {"n": int(n), "seed": seed, "model": type(model).__name__,
                 "energy": type(energy).__name__}
 
@@ -576,6 +608,22 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
         return wt
     return WeightedTrajectory(np.concatenate(samples), energies, log_probs, temperature,
                               topology=topology, clip_log_weights=clip, metadata=metadata)
+
+
+def _refined(model, energy, temperature, n, chunk_size, output, seed, quiet, clip, refine):
+    """:func:`sample` with ``refine``: SMC, then optionally written to ``output``."""
+    from .refine import SMC, check_options, smc
+
+    options = check_options(refine)
+    if clip is not None:
+        raise InputError("clip_log_weights must be None with refine (SMC weights are not "
+                         f"clipped), got {clip!r}")
+    if refine is True:
+        options = SMC(chunk_size=int(chunk_size))
+    wt = smc(model, energy, temperature, n, options=options, seed=seed, quiet=quiet)
+    if output is not None:
+        wt.save(output)
+    return wt
 
 
 __all__ = [

@@ -234,6 +234,7 @@ class RunWorkflow:
         return TemperatureFlow.load(self.out / "model.pt", self.msys)
 
     def _stage_sampling(self) -> dict:
+        from .refine import options_from_config
         from .sampling import sample
 
         model = self._model()
@@ -244,10 +245,13 @@ class RunWorkflow:
                 continue
             wt = sample(model, self.energy, temperature=temperature,
                         n=self.config.sampling["n"], seed=self.config.compute["seed"],
-                        quiet=self.quiet)
+                        quiet=self.quiet, refine=options_from_config(self.config.sampling))
             path.parent.mkdir(exist_ok=True)
             wt.save(path)
             summary[temperature_label(temperature)] = {"ess": float(wt.ess)}
+            if wt.refinement is not None:
+                summary[temperature_label(temperature)]["force_evaluations"] = (
+                    wt.refinement["force_evaluations"])
         return summary
 
     def _weighted_trajectories(self) -> dict:
@@ -260,11 +264,14 @@ class RunWorkflow:
 
     def _stage_free_energy(self) -> dict:
         from . import cv, free_energy
+        from .refine import options_from_config
 
         table = free_energy.temperature_profile(
             self._model(), self.energy, temperatures=self.targets,
             n=self.config.free_energy["n"], n_bootstrap=self.config.free_energy["n_bootstrap"],
-            seed=self.config.compute["seed"])
+            seed=self.config.compute["seed"], quiet=self.quiet,
+            refine=options_from_config(self.config.sampling,
+                                       refine=self.config.free_energy["refine"]))
         table.to_csv(self.out / "free_energy.csv")
         if cv.has_ramachandran(self.msys.mdtraj_topology):
             populations = free_energy.populations_vs_temperature(
