@@ -10,15 +10,16 @@ Schedule (``t`` is the step):
 
 * ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
   ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
-* Held-out frames: the last ``holdout_fraction`` of the boundary frames (in time, the
-  order given) are not trained on. During the likelihood phase (the warmup; the whole
-  run when ``trade_weight=0``) their NLL at ``T0`` is evaluated every ``holdout_every``
-  steps and at the phase's end; the parameters with the lowest held-out NLL are kept
-  and restored at the end of the phase, so TRADE starts from the best fit the data allow
-  instead of an over-fitted one (``holdout_nll``, ``restored_step`` in the history).
-  The overlap σ, the standard deviation of ``log w = -β0 U - log p_θ(x|T0)`` on the
-  held-out frames (:func:`openmm_trade.metrics.overlap_sigma`, ``ESS ≈ exp(-σ²)``), is
-  recorded with every held-out evaluation, at validations and at the end.
+* Held-out frames: the last ``holdout_fraction`` of the boundary frames of each MD chain
+  (in time, the order given; :func:`holdout_split`) are not trained on. During the
+  likelihood phase (the warmup; the whole run when ``trade_weight=0``) their NLL at ``T0``
+  is evaluated every ``holdout_every`` steps and at the phase's end; the parameters with
+  the lowest held-out NLL are kept and restored at the end of the phase, so TRADE starts
+  from the best fit the data allow instead of an over-fitted one (``holdout_nll``,
+  ``restored_step`` in the history). The overlap σ, the standard deviation of ``log w = -β0
+  U - log p_θ(x|T0)`` on the held-out frames (:func:`openmm_trade.metrics.overlap_sigma`,
+  ``ESS ≈ exp(-σ²)``), is recorded with every held-out evaluation, at validations and at
+  the end.
 * then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
   condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
   each end, in β) to the whole range over ``widen_steps`` (default ``ramp_steps``).
@@ -408,6 +409,35 @@ def _temperature_label(temperature: float) -> str:
 
 
 # ---------------------------------------------------------------------------- helpers
+def holdout_split(n_frames: int, fraction: float,
+                  chains=None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and held-out frames: the last ``fraction`` of each chain.
+
+    Frames of one MD chain are consecutive in time (``chains`` gives the chain of each
+    frame, as :func:`openmm_trade.md.simulate` records it; ``None``: one chain), so the
+    held-out frames are the end of every chain, later in time than what is trained on and
+    drawn from all chains. No frame is held out when that would leave fewer than 2 held
+    out or none to train on.
+
+    >>> holdout_split(10, 0.4, chains=[0] * 5 + [1] * 5)[1]
+    array([3, 4, 8, 9])
+    >>> holdout_split(10, 0.0)[1].size
+    0
+    """
+    chains = np.zeros(n_frames, dtype=np.int64) if chains is None else np.asarray(chains)
+    if chains.shape != (n_frames,):
+        raise InputError(f"chains must give one chain per frame ({n_frames}), got shape "
+                         f"{chains.shape}")
+    held = []
+    for chain in np.unique(chains):
+        frames = np.flatnonzero(chains == chain)
+        held.append(frames[frames.size - round(fraction * frames.size):])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    if held.size < 2 or held.size >= n_frames:
+        held = np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(n_frames), held), held
+
+
 def _boundary_tensor(boundary, event_shape: tuple[int, ...], name: str = "boundary"):
     """``(M, *event_shape)`` tensor from an mdtraj trajectory (nm), an array or a tensor."""
     if boundary is None:
@@ -585,10 +615,10 @@ class Trainer:
         self.holdout = None
         if self.boundary is not None:
             self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-            n_holdout = round(cfg.holdout_fraction * self.boundary.shape[0])
-            if n_holdout >= 2 and self.boundary.shape[0] - n_holdout >= 1:
-                self.boundary, self.holdout = (self.boundary[:-n_holdout],
-                                               self.boundary[-n_holdout:])
+            chains = getattr(boundary, "chain_index", None)
+            kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
+            if held.size:
+                self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
         self.evaluation_points = _evaluation_points(
             cfg.evaluation_points, self.boundary is not None, t0, t_max)
         if self.evaluation_points != "flow" and self.boundary is None:
