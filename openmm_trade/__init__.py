@@ -6,8 +6,8 @@ line starts fast; each name lives in the module given in ``_PUBLIC``.
 Example
 -------
 >>> import openmm_trade as ot
->>> ot.systems.available()
-['alanine-dipeptide-implicit', 'alanine-dipeptide-vacuum']
+>>> ot.systems.available()[:2]
+['ace-ala3-nme-implicit', 'ace-leu-nme-implicit']
 """
 
 from __future__ import annotations

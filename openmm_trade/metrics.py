@@ -332,7 +332,142 @@ def delta_f_difference(model_delta_f, reference_delta_f, model_err=None,
                             float(np.max(np.abs(difference))))
 
 
+def ring_closing_bonds(msys, zmatrix=None) -> np.ndarray:
+    """Bonds of the topology that the Z-matrix does not place: one per ring.
+
+    A Z-matrix places every atom by a bond to an earlier atom, so its bonds form a
+    spanning tree of the bond graph; each bond left out closes a ring, and its length
+    follows from the bonds, angles and torsions of the tree instead of being modelled.
+
+    Parameters
+    ----------
+    msys : MolecularSystem
+        The system (its topology's bonds).
+    zmatrix : ZMatrix or (N, 4) table, optional
+        Default :meth:`openmm_trade.ZMatrix.from_system` (the flow's own Z-matrix).
+
+    Returns
+    -------
+    numpy.ndarray, shape (R, 2)
+        Atom index pairs ``i < j``, sorted; ``R = 0`` for a molecule without rings.
+
+    Examples
+    --------
+    >>> import openmm_trade as ot
+    >>> ring_closing_bonds(ot.systems.load("alanine-dipeptide-vacuum")).shape
+    (0, 2)
+    >>> ring_closing_bonds(ot.systems.load("ace-pro-nme-implicit")).shape
+    (1, 2)
+    """
+    from .zmatrix import ZMatrix
+
+    if zmatrix is None:
+        zmatrix = ZMatrix.from_system(msys)
+    elif not isinstance(zmatrix, ZMatrix):
+        zmatrix = ZMatrix(zmatrix, n_atoms=msys.n_atoms)
+    if zmatrix.n_atoms != msys.n_atoms:
+        raise InputError(f"zmatrix places {zmatrix.n_atoms} atoms but msys has {msys.n_atoms}")
+    tree = {tuple(sorted(pair)) for pair in zmatrix.rows[1:, :2].tolist()}
+    closing = [pair for pair in msys.bonds if pair not in tree]
+    return np.array(closing, dtype=np.int64).reshape(-1, 2)
+
+
+def _positions(x, n_atoms: int, name: str) -> np.ndarray:
+    """(B, N, 3) float64 nm from an mdtraj.Trajectory, a tensor or an array."""
+    if hasattr(x, "xyz"):
+        x = x.xyz
+    elif hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.reshape(len(x), -1, 3)
+    if x.ndim != 3 or x.shape[1:] != (n_atoms, 3) or len(x) == 0:
+        raise InputError(f"{name} must be an mdtraj.Trajectory or positions of shape "
+                         f"(B, {n_atoms}, 3) in nm with B >= 1, got shape {x.shape}")
+    return x
+
+
+def _bond_lengths(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+
+
+def ring_closure_deviation(samples, msys, reference, zmatrix=None) -> np.ndarray:
+    """Per sample, the largest deviation of a ring-closing bond in units of its MD σ.
+
+    For each bond of :func:`ring_closing_bonds` the mean ``μ`` and standard deviation
+    ``σ`` of its length over the ``reference`` frames (boundary MD) are the yardstick; a
+    sample's deviation is ``max_bonds |d - μ| / σ``. Flow samples whose torsions and
+    angles are slightly off put ring-closing atoms far from each other (or on top of each
+    other): deviations of tens to thousands of σ.
+
+    Parameters
+    ----------
+    samples : mdtraj.Trajectory, array-like or torch.Tensor, shape (B, N, 3) or (B, 3N)
+        Conformations in nm (e.g. ``WeightedTrajectory.samples``).
+    msys : MolecularSystem
+        The system.
+    reference : mdtraj.Trajectory or array-like, shape (M, N, 3), M >= 2
+        Frames that define ``μ`` and ``σ`` (boundary MD).
+    zmatrix : ZMatrix or (N, 4) table, optional
+        Passed to :func:`ring_closing_bonds`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (B,)
+        ``inf`` for a sample with any non-finite coordinate (a failed sample); otherwise
+        zeros for a molecule without rings.
+
+    Examples
+    --------
+    >>> import openmm_trade as ot
+    >>> msys = ot.systems.load("ace-pro-nme-implicit")
+    >>> md = msys.positions[None] + np.random.default_rng(0).normal(0, 0.003, (20, 26, 3))
+    >>> bool((ring_closure_deviation(md[:5], msys, md) < 5).all())
+    True
+    """
+    pairs = ring_closing_bonds(msys, zmatrix)
+    x = _positions(samples, msys.n_atoms, "samples")
+    ref = _positions(reference, msys.n_atoms, "reference")
+    if len(ref) < 2 or not np.isfinite(ref).all():
+        raise InputError(f"reference must hold at least 2 finite frames, got {len(ref)}")
+    finite = np.isfinite(x).all(axis=(1, 2))
+    if len(pairs) == 0:
+        return np.where(finite, 0.0, np.inf)
+    ref_lengths = _bond_lengths(ref, pairs)
+    mu, sigma = ref_lengths.mean(0), ref_lengths.std(0)
+    if (sigma <= 0).any():
+        raise InputError("reference frames hold a ring-closing bond at a fixed length (σ = 0): "
+                         "pass MD frames, not copies of one structure")
+    with np.errstate(invalid="ignore"):
+        z = np.abs(_bond_lengths(x, pairs) - mu) / sigma
+    return np.where(finite, z.max(axis=1), np.inf)
+
+
+def clash_fraction(samples, msys, reference, k: float = 5.0, zmatrix=None) -> float:
+    """Fraction of samples with a broken ring: a ring-closing bond more than ``k`` σ off.
+
+    See :func:`ring_closure_deviation` for ``μ``, ``σ`` and the arguments. Unweighted:
+    it measures the flow's proposals, not the reweighted ensemble. 0 for a molecule
+    without rings.
+
+    Examples
+    --------
+    >>> import openmm_trade as ot
+    >>> msys = ot.systems.load("ace-phe-nme-implicit")
+    >>> md = msys.positions[None] + np.random.default_rng(0).normal(0, 0.003, (20, 32, 3))
+    >>> (i, j), = ring_closing_bonds(msys)  # CZ-CE2 closes the phenyl ring
+    >>> broken = md[:4].copy()
+    >>> broken[:, i] += 0.5 * (broken[:, i] - broken[:, j])  # stretch the bond by 50 %
+    >>> clash_fraction(md[:4], msys, md), clash_fraction(broken, msys, md)
+    (0.0, 1.0)
+    """
+    if not k > 0:
+        raise InputError(f"k must be a positive number of standard deviations, got {k!r}")
+    return float(np.mean(ring_closure_deviation(samples, msys, reference, zmatrix) > k))
+
+
 __all__ = [
     "DeltaFComparison", "delta_f_difference", "effective_sample_size", "energy_wasserstein",
-    "overlap_log_weights", "overlap_sigma", "ramachandran_kl",
+    "overlap_log_weights", "overlap_sigma", "ramachandran_kl", "ring_closing_bonds",
+    "ring_closure_deviation", "clash_fraction",
 ]

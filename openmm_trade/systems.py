@@ -7,8 +7,8 @@ install reads ``systems/`` next to the package.
 Example
 -------
 >>> import openmm_trade as ot
->>> ot.systems.available()
-['alanine-dipeptide-implicit', 'alanine-dipeptide-vacuum']
+>>> ot.systems.available()[:2]
+['ace-ala3-nme-implicit', 'ace-leu-nme-implicit']
 >>> ot.systems.load("alanine-dipeptide-vacuum", constraints=None).constraint_lengths.size
 0
 """

@@ -36,7 +36,8 @@ def _load(name: str) -> ot.MolecularSystem:
 
 
 SYSTEMS = ["alanine-dipeptide-vacuum", "alanine-dipeptide-implicit", "toluene", "p-xylene",
-           "viologen"]
+           "viologen", "ace-pro-nme-implicit", "ace-phe-nme-implicit", "ace-leu-nme-implicit",
+           "ace-ala3-nme-implicit"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,24 @@ def test_layout_masks_and_names(vacuum):
 # ---------------------------------------------------------------------- oracles
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_geometry_matches_mdtraj(cases, name):
-    msys, ic, frames = cases[name]
+    _assert_geometry_matches_mdtraj(*cases[name])
+
+
+@pytest.mark.parametrize("name", ot.systems.available())
+def test_stored_structure_round_trips(name):
+    """Every built-in PDB: mdtraj geometry and an exact round trip (no constraints, which
+    the stored hydrogens need not satisfy exactly)."""
+    msys = ot.systems.load(name, constraints=None)
+    ic = InternalCoordinates.from_system(msys)
+    x = torch.as_tensor(msys.positions[None])
+    _assert_geometry_matches_mdtraj(msys, ic, x.numpy())
+    z, logdet = ic.forward(x)
+    x_back, logdet_back = ic.inverse(z)
+    assert _kabsch_rmsd(x.numpy(), x_back.numpy()).max() < 1e-5
+    assert abs(float(logdet[0] + logdet_back[0])) < 1e-9
+
+
+def _assert_geometry_matches_mdtraj(msys, ic, frames):
     z, _ = ic.forward(torch.as_tensor(frames))
     z = z.numpy()
     traj = mdtraj.Trajectory(frames, msys.mdtraj_topology)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import short_md_frames
 
+import openmm_trade as ot
 from openmm_trade import metrics
 from openmm_trade.errors import InputError
 from openmm_trade.toys import KB, HarmonicOscillator
@@ -144,3 +146,76 @@ def test_overlap_sigma_infinite_outside_the_model_and_input_errors():
         metrics.overlap_sigma(_Gaussian(toy), toy, torch.zeros(5, 2), 300.0)
     with pytest.raises(InputError, match="temperature"):
         metrics.overlap_sigma(_Gaussian(toy), toy, frames, -1.0)
+
+
+# ---------------------------------------------------------------------- ring closures
+@pytest.fixture(scope="module")
+def ring_cases():
+    """name -> (msys, (40, N, 3) frames of plain OpenMM MD at 400 K)."""
+    out = {}
+    for seed, name in enumerate(["ace-pro-nme-implicit", "ace-phe-nme-implicit"]):
+        msys = ot.systems.load(name)
+        out[name] = (msys, short_md_frames(msys, n_frames=40, seed=seed + 3))
+    return out
+
+
+RING_ATOMS = {"ace-pro-nme-implicit": {"N", "CA", "CB", "CG", "CD"},
+              "ace-phe-nme-implicit": {"CG", "CD1", "CD2", "CE1", "CE2", "CZ"}}
+
+
+@pytest.mark.parametrize("name", sorted(RING_ATOMS))
+def test_ring_closing_bonds_close_the_rings(ring_cases, name):
+    msys, _ = ring_cases[name]
+    pairs = metrics.ring_closing_bonds(msys)
+    # one closing bond per independent cycle of the bond graph: bonds - atoms + 1
+    assert len(pairs) == len(msys.bonds) - msys.n_atoms + 1 == 1
+    atoms = list(msys.topology.atoms())
+    assert {atoms[i].name for i in pairs[0]} <= RING_ATOMS[name]
+    tree = {tuple(sorted(r)) for r in ot.ZMatrix.from_system(msys).rows[1:, :2].tolist()}
+    assert tuple(pairs[0]) in set(msys.bonds) - tree
+
+
+@pytest.mark.parametrize("name", sorted(RING_ATOMS))
+def test_clash_fraction_oracle(ring_cases, name):
+    msys, frames = ring_cases[name]
+    reference, held_out = frames[::2], frames[1::2]
+    # MD frames keep their rings: a 5 σ excursion has probability ~6e-7 per frame
+    assert metrics.clash_fraction(held_out, msys, reference) == 0.0
+    deviation = metrics.ring_closure_deviation(held_out, msys, reference)
+    assert deviation.shape == (20,) and deviation.max() < 5
+    # move one ring atom along the closing bond so the bond is exactly μ + s σ long
+    (i, j), = metrics.ring_closing_bonds(msys)
+    lengths = np.linalg.norm(reference[:, i] - reference[:, j], axis=-1)
+    mu, sigma = lengths.mean(), lengths.std()
+
+    def stretched(s):
+        x = held_out.copy()
+        bond = x[:, i] - x[:, j]
+        x[:, i] = x[:, j] + (mu + s * sigma) * bond / np.linalg.norm(bond, axis=-1)[:, None]
+        return x
+
+    np.testing.assert_allclose(metrics.ring_closure_deviation(stretched(8.0), msys, reference),
+                               8.0, rtol=1e-9)
+    assert metrics.clash_fraction(stretched(8.0), msys, reference) == 1.0
+    assert metrics.clash_fraction(stretched(-6.0), msys, reference) == 1.0
+    assert metrics.clash_fraction(stretched(4.0), msys, reference) == 0.0
+    assert metrics.clash_fraction(stretched(4.0), msys, reference, k=3.0) == 1.0
+    half = held_out.copy()
+    half[::2] = stretched(8.0)[::2]
+    half[1, 0, 0] = np.nan  # a failed sample counts as broken
+    assert metrics.clash_fraction(half, msys, reference) == pytest.approx(11 / 20)
+    assert np.isinf(metrics.ring_closure_deviation(half, msys, reference)[1])
+
+
+def test_clash_fraction_without_rings_and_errors(ring_cases, vacuum, vacuum_frames):
+    assert metrics.ring_closing_bonds(vacuum).shape == (0, 2)
+    assert metrics.clash_fraction(vacuum_frames, vacuum, vacuum_frames) == 0.0
+    msys, frames = ring_cases["ace-pro-nme-implicit"]
+    with pytest.raises(InputError, match=r"samples must be .* \(B, 26, 3\)"):
+        metrics.clash_fraction(frames[:, :5], msys, frames)
+    with pytest.raises(InputError, match="at least 2 finite frames"):
+        metrics.clash_fraction(frames, msys, frames[:1])
+    with pytest.raises(InputError, match="fixed length"):
+        metrics.clash_fraction(frames, msys, np.repeat(frames[:1], 3, axis=0))
+    with pytest.raises(InputError, match="k must be"):
+        metrics.clash_fraction(frames, msys, frames, k=0)

@@ -5,15 +5,26 @@ from __future__ import annotations
 import numpy as np
 import openmm
 import pytest
+import torch
 from openmm import app, unit
 from openmmtools import testsystems
 
 import openmm_trade as ot
 from openmm_trade.errors import InputError, UnsupportedSystemError
 
+#: built-in system -> residues; atoms per residue with hydrogens, from the amino-acid formulas
+DEVELOPMENT_SET = {
+    "ace-pro-nme-implicit": ["ACE", "PRO", "NME"],
+    "ace-phe-nme-implicit": ["ACE", "PHE", "NME"],
+    "ace-leu-nme-implicit": ["ACE", "LEU", "NME"],
+    "ace-ala3-nme-implicit": ["ACE", "ALA", "ALA", "ALA", "NME"],
+}
+RESIDUE_ATOMS = {"ACE": 6, "NME": 6, "ALA": 10, "PRO": 14, "LEU": 19, "PHE": 20}
+
 
 def test_builtins_follow_design(vacuum, implicit):
-    assert ot.systems.available() == ["alanine-dipeptide-implicit", "alanine-dipeptide-vacuum"]
+    assert ot.systems.available() == sorted(
+        ["alanine-dipeptide-implicit", "alanine-dipeptide-vacuum", *DEVELOPMENT_SET])
     for msys in (vacuum, implicit):
         assert msys.n_atoms == 22
         assert len(msys.constraint_lengths) == 12  # HBonds: every bond to hydrogen
@@ -22,6 +33,32 @@ def test_builtins_follow_design(vacuum, implicit):
         assert nb.getNonbondedMethod() == openmm.NonbondedForce.NoCutoff
         assert ("GBSAOBCForce" in names) == (msys is implicit)
     assert [r.name for r in vacuum.topology.residues()] == ["ACE", "ALA", "NME"]
+
+
+@pytest.mark.parametrize("name", sorted(DEVELOPMENT_SET))
+def test_development_set(name):
+    msys = ot.systems.load(name)
+    residues = [r.name for r in msys.topology.residues()]
+    assert residues == DEVELOPMENT_SET[name]
+    assert msys.n_atoms == sum(RESIDUE_ATOMS[r] for r in residues)
+    hydrogens = sum(a.element.symbol == "H" for a in msys.topology.atoms())
+    assert len(msys.constraint_lengths) == hydrogens  # HBonds
+    forces = {type(f).__name__: f for f in msys.system.getForces()}
+    assert forces["NonbondedForce"].getNonbondedMethod() == openmm.NonbondedForce.NoCutoff
+    assert any("GB" in force for force in forces)  # implicit solvent (OBC2)
+    # OpenMMEnergy gives OpenMM's own energy on the stored structure and near it
+    x = msys.positions[None] + 0.002 * np.random.default_rng(5).standard_normal(
+        (3, msys.n_atoms, 3))
+    x = np.concatenate([msys.positions[None], x])
+    context = openmm.Context(msys.system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    expected = []
+    for p in x:
+        context.setPositions(p * unit.nanometer)
+        state = context.getState(getEnergy=True)
+        expected.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    with ot.OpenMMEnergy(msys, platform="Reference") as energy:
+        np.testing.assert_allclose(energy(torch.as_tensor(x)).numpy(), expected, rtol=1e-8)
 
 
 def test_unconstrained_variant():
