@@ -25,10 +25,6 @@ Automatic construction (:meth:`ZMatrix.from_system`, :meth:`ZMatrix.from_topolog
   first_child)`` that sits near ±120° at a tetrahedral centre and whose sign is the
   centre's handedness (used for chirality, see
   :attr:`openmm_trade.InternalCoordinates.chirality_torsions`);
-* an atom placed from two atoms of its own ring takes a third ring atom as torsion atom
-  where one is placed, so ring atoms are placed by ring torsions (e.g. proline ``CB`` by
-  ``(CB, CA, N, CD)``): a ring-closing bond then depends on the ring's own torsions and
-  angles, not on backbone or substituent torsions;
 * when such a reference does not exist, the next candidate is taken from a fixed list
   (siblings, neighbours of the angle atom, neighbours of the bond partner, any placed
   atom); with reference positions, candidates that make a near-collinear frame (sine of
@@ -376,31 +372,13 @@ class _Builder:
         norm = np.linalg.norm(u) * np.linalg.norm(v)
         return norm > 0 and np.linalg.norm(np.cross(u, v)) / norm > COLLINEAR_SINE
 
-    def _rings(self) -> list[set[int]]:
-        """Atoms of each ring: the tree path between the ends of each non-tree bond."""
-        rings = []
-        for u in range(self.n):
-            for v in self.neighbours[u]:
-                if u < v and self.parent[u] != v and self.parent[v] != u:
-                    up = [u]
-                    while up[-1] >= 0:
-                        up.append(self.parent[up[-1]])
-                    seen, path = set(up), [v]
-                    while path[-1] not in seen:
-                        path.append(self.parent[path[-1]])
-                    rings.append(set(up[: up.index(path[-1]) + 1]) | set(path))
-        return rings
-
     def _torsion_atom(self, atom: int, p: int, g: int) -> int:
         k = self.rank_in_order[atom]
         siblings = self.children[p]
         chain = []
         if siblings[0] == atom and self.parent[g] >= 0 and g == self.parent[p]:
             chain.append(self.parent[g])
-        in_ring = [sorted(ring & self.neighbours[g], key=self.rank_in_order.get)
-                   for ring in self.rings if {atom, p, g} <= ring]
         candidates = chain_iter(
-            *in_ring,
             chain,
             siblings,
             sorted(self.neighbours[g], key=self.rank_in_order.get),
@@ -422,7 +400,6 @@ class _Builder:
         elif not 0 <= int(root) < self.n:
             raise InputError(f"root must be an atom index in [0, {self.n - 1}], got {root}")
         self._order(int(root))
-        self.rings = self._rings()
         table = []
         for k, atom in enumerate(self.order):
             if k == 0:

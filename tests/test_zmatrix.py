@@ -165,20 +165,3 @@ def test_explicit_zmatrix_must_match_system(vacuum):
     zm = ZMatrix([[0, -1, -1, -1], [1, 0, -1, -1], [2, 1, 0, -1]])
     with pytest.raises(InputError, match="places 3 atoms but the system has 22"):
         ot.InternalCoordinates.from_system(vacuum, zmatrix=zm)
-
-
-RING_NAMES = {"ace-pro-nme-implicit": {"N", "CA", "CB", "CG", "CD"},
-              "ace-phe-nme-implicit": {"CG", "CD1", "CD2", "CE1", "CE2", "CZ"}}
-
-
-@pytest.mark.parametrize("name", sorted(RING_NAMES))
-def test_ring_atoms_are_placed_by_ring_torsions(name):
-    msys = ot.systems.load(name)
-    residue = [r for r in msys.topology.residues()][1]
-    ring = {a.index for a in residue.atoms() if a.name in RING_NAMES[name]}
-    rows = ZMatrix.from_system(msys).rows
-    inside = [row for row in rows[3:] if set(row[:3].tolist()) <= ring]
-    assert len(inside) >= 2  # proline CB, CG; phenyl CE1, CE2, CZ
-    for atom, p, g, t in inside:
-        assert t in ring, (atom, p, g, t)  # a proper ring torsion
-        assert any({g, t} == {a.index, b.index} for a, b in msys.topology.bonds())
