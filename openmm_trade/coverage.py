@@ -39,6 +39,7 @@ import mdtraj
 import numpy as np
 
 from .errors import InputError
+from .timeseries import circular_statistical_inefficiency
 
 __all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins", "measure"]
 
@@ -295,7 +296,7 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
     >>> [t.name for t in result.torsions], result.ok
     (['phi', 'psi'], False)
     """
-    from .md import _circular_inefficiency, frame_chains
+    from .md import frame_chains
 
     if not isinstance(traj, mdtraj.Trajectory):
         raise InputError(f"traj must be an mdtraj.Trajectory, got {type(traj).__name__}")
@@ -311,7 +312,7 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
         for chain in np.unique(chains):
             part = angles[chains == chain]
             weights.append(part.size)
-            values.append(_circular_inefficiency(part))
+            values.append(circular_statistical_inefficiency(part))
         g = float(np.average(values, weights=weights)) if weights else 1.0
         torsions.append(TorsionCoverage(
             name, tuple(int(a) for a in atoms),
