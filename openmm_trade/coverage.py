@@ -40,6 +40,7 @@ import numpy as np
 
 from .errors import InputError
 from .timeseries import circular_statistical_inefficiency
+from .topology import phi_psi_pairs
 
 __all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins", "measure"]
 
@@ -238,8 +239,6 @@ def _check_chains(chains, n: int) -> np.ndarray:
 
 def _slow_torsions(traj: mdtraj.Trajectory, n_torsions: int) -> list[tuple[str, np.ndarray]]:
     """φ/ψ when the topology has them, else the heavy-atom torsions of largest spread."""
-    from .cv import phi_psi_pairs
-
     pairs = phi_psi_pairs(traj.topology)
     if pairs:
         several = len(pairs) > 1

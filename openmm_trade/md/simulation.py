@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import CheckpointError, InputError
 from ..system import MolecularSystem
 from ..timeseries import circular_statistical_inefficiency, statistical_inefficiency
+from ..topology import backbone_dihedrals
 from ..units import check_temperature
 from .chains import (
     _CHECKPOINT_SUFFIX,
@@ -66,9 +67,9 @@ def simulation_summary(traj: mdtraj.Trajectory, msys: MolecularSystem | None = N
     """
     energies = potential_energies(traj, msys)
     inefficiency = {"U": statistical_inefficiency(energies)}
-    for name, compute in (("phi", mdtraj.compute_phi), ("psi", mdtraj.compute_psi)):
-        indices, angles = compute(traj)
-        if indices.size:
+    for name, atoms in backbone_dihedrals(traj.topology).items():
+        if atoms:
+            angles = mdtraj.compute_dihedrals(traj, np.array(list(atoms.values())))
             inefficiency[name] = max(circular_statistical_inefficiency(a)
                                      for a in np.asarray(angles, float).T)
     if traj.n_frames > 1:
