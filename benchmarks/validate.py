@@ -57,6 +57,7 @@ import openmm_trade as ot
 from openmm_trade.files import write_text_atomic
 from openmm_trade.flow import TemperatureFlow
 from openmm_trade.mbar import mbar_reference
+from openmm_trade.timeseries import circular_statistical_inefficiency, statistical_inefficiency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer import FixedCondition  # noqa: E402  (baseline (b), shared with transfer.py)
@@ -95,26 +96,14 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def statistical_inefficiency(series) -> float:
-    from pymbar import timeseries
-    series = np.asarray(series, dtype=np.float64)
-    if series.size < 3 or np.ptp(series) == 0:
-        return 1.0
-    try:
-        return float(timeseries.statistical_inefficiency(series))
-    except Exception:  # noqa: BLE001 - pymbar's ParameterError on degenerate series
-        return 1.0
-
-
 def angular_inefficiency(phi_psi) -> float:
-    """Largest statistical inefficiency of cos/sin of φ and ψ (frames)."""
-    return max(statistical_inefficiency(f(phi_psi[:, k])) for k in (0, 1)
-               for f in (np.cos, np.sin))
+    """Largest statistical inefficiency of φ and ψ (frames; each the slower of cos, sin)."""
+    return max(circular_statistical_inefficiency(phi_psi[:, k]) for k in (0, 1))
 
 
 def state_population(phi_psi, state=STATE) -> tuple[float, float, float]:
     """Population of ``state`` in correlated MD frames: (p, error, g of the indicator)."""
-    mask = ot.free_energy._state_mask(state, ot.cv.RAMACHANDRAN_STATES[state], phi_psi)
+    mask = ot.free_energy.states._state_mask(state, ot.cv.RAMACHANDRAN_STATES[state], phi_psi)
     p = float(mask.mean())
     g = statistical_inefficiency(mask.astype(float))
     return p, float(np.sqrt(max(p * (1 - p), 1.0 / len(mask) ** 2) * g / len(mask))), g

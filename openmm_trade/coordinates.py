@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .topology import backbone_torsions, stereocentres
 from .zmatrix import ZMatrix
 
 #: Bond angles are clamped to [ANGLE_EPS, π - ANGLE_EPS] rad in ``forward``.
@@ -559,72 +560,3 @@ def _forward_cpu(ic: InternalCoordinates, xyz: torch.Tensor) -> torch.Tensor:
     device = ic.bond_mask.device
     z = ic.forward(xyz.to(device))[0]
     return z.cpu()
-
-
-# ---------------------------------------------------------------------- topology facts
-def _atom_graph(topology):
-    neighbours: dict[int, set[int]] = {a.index: set() for a in topology.atoms()}
-    for a, b in topology.bonds():
-        neighbours[a.index].add(b.index)
-        neighbours[b.index].add(a.index)
-    return neighbours
-
-
-def backbone_torsions(topology) -> dict[str, tuple[int, int, int, int]]:
-    """Peptide backbone torsions found from atom names and bonds.
-
-    ``"phi:<RES><id>"`` = ``C(i-1)-N-CA-C`` and ``"psi:<RES><id>"`` = ``N-CA-C-N(i+1)``
-    for every residue with backbone ``N``, ``CA``, ``C`` bonded to a neighbouring
-    residue; plain ``"phi"``/``"psi"`` are added when there is exactly one of each.
-
-    >>> import openmm_trade as ot
-    >>> backbone_torsions(ot.systems.load("alanine-dipeptide-vacuum").topology)["phi"]
-    (4, 6, 8, 14)
-    """
-    neighbours = _atom_graph(topology)
-    atoms = {a.index: a for a in topology.atoms()}
-    found: dict[str, tuple[int, int, int, int]] = {}
-    for residue in topology.residues():
-        by_name = {a.name: a.index for a in residue.atoms()}
-        if not all(k in by_name for k in ("N", "CA", "C")):
-            continue
-        n, ca, c = by_name["N"], by_name["CA"], by_name["C"]
-        label = f"{residue.name}{residue.id}"
-        prev = [j for j in neighbours[n] if atoms[j].name == "C" and atoms[j].residue is not
-                residue]
-        nxt = [j for j in neighbours[c] if atoms[j].name == "N" and atoms[j].residue is not
-               residue]
-        if prev:
-            found[f"phi:{label}"] = (prev[0], n, ca, c)
-        if nxt:
-            found[f"psi:{label}"] = (n, ca, c, nxt[0])
-    for kind in ("phi", "psi"):
-        keys = [k for k in found if k.startswith(kind + ":")]
-        if len(keys) == 1:
-            found[kind] = found[keys[0]]
-    return found
-
-
-def stereocentres(topology) -> list[int]:
-    """Atoms with four bonded neighbours that are pairwise distinct.
-
-    Distinctness is judged by colour refinement of the bond graph (elements, then
-    repeated hashing of neighbour colours), which separates the substituents of
-    ordinary stereocentres (e.g. alanine CA) and merges equivalent ones (the hydrogens
-    of a methyl group).
-
-    >>> import openmm_trade as ot
-    >>> stereocentres(ot.systems.load("alanine-dipeptide-vacuum").topology)
-    [8]
-    """
-    neighbours = _atom_graph(topology)
-    colour = {a.index: (a.element.symbol if a.element is not None else a.name)
-              for a in topology.atoms()}
-    for _ in range(len(colour)):
-        new = {i: hash((colour[i], tuple(sorted(hash(colour[j]) for j in neighbours[i]))))
-               for i in colour}
-        if len(set(new.values())) == len(set(colour.values())):
-            break
-        colour = new
-    return sorted(i for i, nb in neighbours.items()
-                  if len(nb) == 4 and len({colour[j] for j in nb}) == 4)

@@ -39,6 +39,8 @@ import mdtraj
 import numpy as np
 
 from .errors import InputError
+from .timeseries import circular_statistical_inefficiency
+from .topology import phi_psi_pairs
 
 __all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins", "measure"]
 
@@ -237,8 +239,6 @@ def _check_chains(chains, n: int) -> np.ndarray:
 
 def _slow_torsions(traj: mdtraj.Trajectory, n_torsions: int) -> list[tuple[str, np.ndarray]]:
     """φ/ψ when the topology has them, else the heavy-atom torsions of largest spread."""
-    from .cv import phi_psi_pairs
-
     pairs = phi_psi_pairs(traj.topology)
     if pairs:
         several = len(pairs) > 1
@@ -295,7 +295,7 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
     >>> [t.name for t in result.torsions], result.ok
     (['phi', 'psi'], False)
     """
-    from .md import _circular_inefficiency, frame_chains
+    from .md import frame_chains
 
     if not isinstance(traj, mdtraj.Trajectory):
         raise InputError(f"traj must be an mdtraj.Trajectory, got {type(traj).__name__}")
@@ -311,7 +311,7 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
         for chain in np.unique(chains):
             part = angles[chains == chain]
             weights.append(part.size)
-            values.append(_circular_inefficiency(part))
+            values.append(circular_statistical_inefficiency(part))
         g = float(np.average(values, weights=weights)) if weights else 1.0
         torsions.append(TorsionCoverage(
             name, tuple(int(a) for a in atoms),

@@ -23,6 +23,7 @@ import mdtraj
 import numpy as np
 
 from .errors import InputError
+from .topology import phi_psi_pairs
 
 _DEG = math.pi / 180.0
 
@@ -84,29 +85,6 @@ class CollectiveVariable:
 
     def __repr__(self) -> str:
         return f"CollectiveVariable(names={self.names}, unit={self.unit!r})"
-
-
-def phi_psi_pairs(topology: mdtraj.Topology) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Residues that have both a φ and a ψ dihedral: ``(residue index, φ atoms, ψ atoms)``.
-
-    >>> import openmm_trade as ot
-    >>> [r for r, _, _ in phi_psi_pairs(ot.systems.load("alanine-dipeptide-vacuum")
-    ...                                 .mdtraj_topology)]
-    [1]
-    """
-    if not isinstance(topology, mdtraj.Topology):
-        raise InputError(f"topology must be an mdtraj.Topology, got {type(topology).__name__}")
-    frame = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3), np.float32), topology)
-    phi_atoms = mdtraj.compute_phi(frame)[0]
-    psi_atoms = mdtraj.compute_psi(frame)[0]
-    # φ = C(i-1) N CA C and ψ = N CA C N(i+1): pair them through the residue of CA.
-    psi_by_residue = {topology.atom(int(a[1])).residue.index: a for a in psi_atoms}
-    pairs = []
-    for atoms in phi_atoms:
-        residue = topology.atom(int(atoms[2])).residue.index
-        if residue in psi_by_residue:
-            pairs.append((residue, atoms, psi_by_residue[residue]))
-    return pairs
 
 
 def has_ramachandran(topology: mdtraj.Topology) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .timeseries import statistical_inefficiency
 from .units import KB, check_temperature
 
 __all__ = ["MBARResult", "mbar_from_energies", "mbar_reference"]
@@ -107,19 +108,6 @@ def _check_energies(temperatures, energies_per_state) -> tuple[np.ndarray, list[
     return temps, arrays
 
 
-def _statistical_inefficiency(series: np.ndarray) -> float:
-    """pymbar's statistical inefficiency, 1.0 for a constant or too-short series."""
-    from pymbar import timeseries
-    from pymbar.utils import ParameterError
-
-    if series.size < 3 or np.ptp(series) == 0:
-        return 1.0
-    try:
-        return float(timeseries.statistical_inefficiency(series))
-    except ParameterError:
-        return 1.0
-
-
 def _prepare(series: np.ndarray, discard, subsample: bool) -> tuple[np.ndarray, int, float]:
     """Indices of a series to keep: equilibration (an int or ``"auto"``) discarded and,
     optionally, decorrelated; with the number discarded and the statistical inefficiency."""
@@ -139,7 +127,7 @@ def _prepare(series: np.ndarray, discard, subsample: bool) -> tuple[np.ndarray, 
         )
     g = 1.0
     if subsample:
-        g = _statistical_inefficiency(series[start:])
+        g = statistical_inefficiency(series[start:])
         picked = timeseries.subsample_correlated_data(series[start:], g=g)
         indices = indices[np.asarray(picked, dtype=int)]
     return indices, start, g

@@ -218,7 +218,7 @@ def _cost_section(out: Path) -> list[str]:
 
 def _redraw_figures(out: Path) -> None:
     from .sampling import WeightedTrajectory
-    from .workflow import system_from_spec
+    from .systems import system_from_spec
 
     files = sorted((out / "samples").glob("*K.h5"))
     if not files:

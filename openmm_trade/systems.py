@@ -69,3 +69,20 @@ def load(name: str, constraints=_UNSET) -> MolecularSystem:
     return MolecularSystem.from_pdb(
         path(spec["pdb"]), forcefield=tuple(spec["forcefield"]), constraints=chosen, name=name
     )
+
+
+def system_from_spec(spec: dict) -> MolecularSystem:
+    """Build the MolecularSystem described by a validated ``[system]`` section of a run
+    configuration (:func:`openmm_trade.config.validate`): a built-in ``name``, an ``xml``
+    System with its ``pdb``, or a ``pdb`` with a ``forcefield``.
+
+    >>> system_from_spec({"name": "alanine-dipeptide-vacuum", "constraints": "none"}).name
+    'alanine-dipeptide-vacuum'
+    """
+    constraints = None if spec["constraints"] == "none" else spec["constraints"]
+    if "name" in spec:
+        return load(spec["name"], constraints=constraints)
+    if "xml" in spec:
+        return MolecularSystem.from_xml(spec["xml"], spec["pdb"])
+    return MolecularSystem.from_pdb(spec["pdb"], forcefield=tuple(spec["forcefield"]),
+                                    constraints=constraints)

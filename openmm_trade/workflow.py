@@ -33,22 +33,9 @@ from pathlib import Path
 from .config import RunConfig
 from .errors import ConfigError, InputError
 from .files import write_text_atomic
+from .systems import system_from_spec
 
 log = logging.getLogger("openmm_trade.run")
-
-
-def system_from_spec(spec: dict):
-    """Build the MolecularSystem described by a validated ``[system]`` section."""
-    from . import systems
-    from .system import MolecularSystem
-
-    constraints = None if spec["constraints"] == "none" else spec["constraints"]
-    if "name" in spec:
-        return systems.load(spec["name"], constraints=constraints)
-    if "xml" in spec:
-        return MolecularSystem.from_xml(spec["xml"], spec["pdb"])
-    return MolecularSystem.from_pdb(spec["pdb"], forcefield=tuple(spec["forcefield"]),
-                                    constraints=constraints)
 
 
 def temperature_label(temperature: float) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from openmm_trade import cv as cvs
 from openmm_trade.errors import InputError
-from openmm_trade.free_energy import _state_mask
+from openmm_trade.free_energy.states import _state_mask
 from openmm_trade.sampling import WeightedTrajectory
 
 

@@ -85,7 +85,7 @@ ot.md.simulate(msys, 300, n_frames={n}, interval_ps=0.1, seed=5, equilibration_p
 
 def _checkpointed_frames(path: Path) -> int:
     try:
-        meta, _ = ot.md._read_checkpoint(path)
+        meta, _ = ot.md.trajectory._read_checkpoint(path)
     except (CheckpointError, FileNotFoundError):
         return -1
     return int(meta["n_frames"])

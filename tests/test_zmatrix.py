@@ -49,7 +49,7 @@ def test_alanine_dipeptide_backbone_torsions_are_rows(vacuum):
 
 
 def test_every_backbone_torsion_of_a_protein_is_a_row():
-    from openmm_trade.coordinates import backbone_torsions
+    from openmm_trade.topology import backbone_torsions
 
     pdb = app.PDBFile(f"{DATA}/src-implicit/1yi6-minimized.pdb")  # 275 residues
     zm = ZMatrix.from_topology(pdb.topology)

@@ -1,0 +1,134 @@
+"""OpenMM plumbing of the MD modules: argument checks, platforms, seeds, the time step,
+progress bars and an energy evaluator."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import unit
+
+from ..errors import InputError
+from ..system import MolecularSystem
+
+PathLike = str | os.PathLike
+
+
+#: Relative tolerance for "the interval is a whole number of time steps".
+_STEP_TOLERANCE = 1e-6
+
+
+def _check_system(msys) -> MolecularSystem:
+    if not isinstance(msys, MolecularSystem):
+        raise InputError(f"msys must be an openmm_trade.MolecularSystem, got {type(msys).__name__}")
+    return msys
+
+
+def _check_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(value, name: str, allow_zero: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        relation = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"{name} must be a finite number {relation}, got {value!r}")
+    return number
+
+
+def _check_seed(seed) -> int:
+    return _check_int(seed, "seed", minimum=0)
+
+
+def _openmm_seed(*parts: int) -> int:
+    """A non-zero 31-bit integrator seed from integers (OpenMM treats 0 as 'random')."""
+    digest = hashlib.sha256(repr(tuple(int(p) for p in parts)).encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "little") % (2**31 - 2)
+
+
+def default_timestep_ps(msys: MolecularSystem) -> float:
+    """Default MD time step in ps: 0.002 with constraints (HBonds or more), else 0.001.
+
+    >>> import openmm_trade as ot
+    >>> default_timestep_ps(ot.systems.load("alanine-dipeptide-vacuum", constraints=None))
+    0.001
+    """
+    return 0.002 if _check_system(msys).constraint_lengths.size else 0.001
+
+
+def _steps_per(interval_ps: float, timestep_ps: float, name: str) -> int:
+    ratio = interval_ps / timestep_ps
+    steps = round(ratio)
+    if steps < 1 or abs(ratio - steps) > _STEP_TOLERANCE * max(1.0, ratio):
+        raise InputError(
+            f"{name} must be a whole multiple of the time step {timestep_ps} ps, got "
+            f"{interval_ps} ps ({ratio:.6g} steps)"
+        )
+    return int(steps)
+
+
+def _platform_properties(name: str) -> dict[str, str]:
+    """Context properties: one CPU thread, so that the same seed gives the same trajectory
+    (multi-threaded CPU force sums vary at ~1e-7 and chaotic MD amplifies that); for
+    molecules of a few dozen atoms one thread is also the fastest."""
+    return {"Threads": "1"} if name == "CPU" else {}
+
+
+def _platform(name: str) -> openmm.Platform:
+    count = openmm.Platform.getNumPlatforms()
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(count)]
+    if name not in names:
+        raise InputError(f"platform must be one of {names}, got {name!r}")
+    return openmm.Platform.getPlatformByName(name)
+
+
+def _check_writable(path: PathLike, name: str) -> Path:
+    """Check that ``path`` can be created or replaced (its folder is created if needed)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{name} must be a file path, got the directory {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{name}: cannot create the folder {path.parent}: {err}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{name}: {path} is not writable")
+    return path
+
+
+def _progress(total: int, quiet: bool, desc: str, initial: int = 0, what: str = "frame"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=what, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty())
+
+
+def _ns_per_day(simulated_ps: float, seconds: float) -> float:
+    return simulated_ps * 1e-3 * 86400.0 / max(seconds, 1e-9)
+
+
+class _EnergyEvaluator:
+    """Potential energies of frames with a plain OpenMM ``Context`` (float64, kJ/mol)."""
+
+    def __init__(self, system: openmm.System, platform: str = "CPU"):
+        self._integrator = openmm.VerletIntegrator(0.001)
+        self._context = openmm.Context(system, self._integrator, _platform(platform),
+                                       _platform_properties(platform))
+
+    def __call__(self, xyz: np.ndarray) -> np.ndarray:
+        energies = np.empty(len(xyz), dtype=np.float64)
+        for i, frame in enumerate(xyz):
+            self._context.setPositions(np.asarray(frame, dtype=np.float64))
+            state = self._context.getState(getEnergy=True)
+            energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        return energies
