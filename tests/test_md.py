@@ -206,16 +206,21 @@ def test_chains_kill_and_resume(vacuum, tmp_path):
     assert mdtraj.load(str(out)).n_frames == n_frames  # still a plain mdtraj file
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (Linux /proc)."""
+def _chain_processes(pid: int) -> list[int]:
+    """Process ids of the MD chain processes whose parent is ``pid`` (Linux /proc).
+
+    Only chain processes count: other tests of the same session may leave children of
+    their own (e.g. multiprocessing's resource tracker).
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_chain_main" in command:
                 found.append(int(entry.name))
     return found
 
@@ -243,7 +248,7 @@ def test_chain_death_raises(vacuum, tmp_path):
     while min(_chain_checkpoints(tmp_path / "run.h5.chains", 2)) < 1:
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.05)
-    children = _children(os.getpid())
+    children = _chain_processes(os.getpid())
     assert len(children) == 2
     os.kill(children[1], signal.SIGKILL)
     thread.join(timeout=30)
@@ -251,7 +256,7 @@ def test_chain_death_raises(vacuum, tmp_path):
     assert isinstance(outcome.get("error"), WorkerError)
     assert "killed by SIGKILL" in str(outcome["error"])
     time.sleep(0.5)
-    assert _children(os.getpid()) == []
+    assert _chain_processes(os.getpid()) == []
 
 
 def _user_simulation(msys, seed=11):
