@@ -18,8 +18,12 @@ of the boundary trajectory move between their basins:
 * statistical inefficiency ``g`` (frames): the larger of those of cos θ and sin θ
   (pymbar), the frame-weighted mean over chains.
 
-A boundary whose slow torsions cross fewer than ``min_transitions`` times (default 10) is
-flagged: the model will likely miss or misweight states, at T0 and after transfer. MD at
+A slow torsion is flagged when it crosses fewer than ``min_transitions`` times (default 10)
+between two or more basins, or when it has one basin and the data leave an arc of at least
+60° of the circle without a single frame (the data sit in one part of the circle; what lies
+beyond was never visited). A torsion with one basin that covers the whole circle has no
+barrier to cross and is not flagged (ψ of alanine dipeptide in vacuum at 600 K). A flagged
+boundary will likely miss or misweight states, at T0 and after transfer. MD at
 a higher T0 (the top of the temperature range) crosses barriers more often.
 
 Example
@@ -42,7 +46,8 @@ from .errors import InputError
 from .timeseries import circular_statistical_inefficiency
 from .topology import phi_psi_pairs
 
-__all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins", "measure"]
+__all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins",
+           "largest_gap_deg", "measure"]
 
 #: Bins of the circular histogram (10° each).
 _BINS = 36
@@ -54,6 +59,8 @@ _MIN_PEAK_FRAMES = 2.0
 #: basin border is a dip of at least ln 4 = 1.4 kT in the data's own (smoothed) histogram.
 #: Shallower dips (alanine's β / C7eq split of φ at 300 K, about 1.2 kT) are substates.
 _MERGE_DEPTH = 0.25
+#: A one-basin torsion whose data leave an empty arc at least this wide is flagged.
+_MIN_GAP_DEG = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class TorsionCoverage:
         Transitions between basins, summed over chains.
     statistical_inefficiency : float
         ``g`` in frames.
+    largest_gap_deg : float
+        The widest arc of the circle (in 10° bins) that holds no frame.
     """
 
     name: str
@@ -79,6 +88,14 @@ class TorsionCoverage:
     borders_deg: tuple[float, ...]
     transitions: int
     statistical_inefficiency: float
+    largest_gap_deg: float = 0.0
+
+    def crossed_too_rarely(self, min_transitions: int) -> bool:
+        """Fewer than ``min_transitions`` crossings between basins, or one basin that
+        leaves part of the circle unvisited (see the module notes)."""
+        if self.n_basins == 1 and self.largest_gap_deg < _MIN_GAP_DEG:
+            return False
+        return self.transitions < min_transitions
 
     @property
     def n_basins(self) -> int:
@@ -105,12 +122,12 @@ class Coverage:
 
     @property
     def flagged(self) -> list[str]:
-        """Names of the slow torsions with fewer than ``min_transitions`` transitions."""
-        return [t.name for t in self.torsions if t.transitions < self.min_transitions]
+        """Names of the slow torsions that cross too rarely (see the module notes)."""
+        return [t.name for t in self.torsions if t.crossed_too_rarely(self.min_transitions)]
 
     @property
     def ok(self) -> bool:
-        """True when every slow torsion crosses at least ``min_transitions`` times."""
+        """True when no slow torsion is flagged."""
         return not self.flagged
 
     def to_dict(self) -> dict:
@@ -129,11 +146,30 @@ class Coverage:
                          "frames")
         if self.flagged:
             lines.append(
-                f"  WARNING: {', '.join(self.flagged)} crossed fewer than {self.min_transitions} "
-                "times: the boundary data likely miss or misweight states. Run longer MD or "
-                "set the boundary temperature at the top of the range."
+                f"  WARNING: {', '.join(self.flagged)}: fewer than {self.min_transitions} "
+                "crossings between basins, or part of the circle never visited: the boundary "
+                "data likely miss or misweight states. Run longer MD, or MD at a higher "
+                "temperature (the top of the range)."
             )
         return "\n".join(lines)
+
+
+def largest_gap_deg(angles, bins: int = _BINS) -> float:
+    """Width in degrees of the widest run of empty histogram bins, around the circle.
+
+    >>> import numpy as np
+    >>> largest_gap_deg(np.deg2rad(np.linspace(-170.0, 0.0, 100)))
+    180.0
+    """
+    counts, _ = np.histogram(_check_angles(angles, "angles"), bins=bins, range=(-np.pi, np.pi))
+    if not counts.any():
+        return 360.0
+    empty = np.r_[counts, counts] == 0  # twice around: runs through ±180° count whole
+    longest = run = 0
+    for value in empty:
+        run = run + 1 if value else 0
+        longest = max(longest, run)
+    return min(longest, bins) * 360.0 / bins
 
 
 def _circular_smooth(counts: np.ndarray) -> np.ndarray:
@@ -315,6 +351,7 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
         g = float(np.average(values, weights=weights)) if weights else 1.0
         torsions.append(TorsionCoverage(
             name, tuple(int(a) for a in atoms),
-            tuple(round(float(np.rad2deg(b)), 1) for b in borders), count, g))
+            tuple(round(float(np.rad2deg(b)), 1) for b in borders), count, g,
+            largest_gap_deg(angles)))
     return Coverage(tuple(torsions), int(traj.n_frames), int(np.unique(chains).size),
                     int(min_transitions))

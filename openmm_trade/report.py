@@ -180,14 +180,22 @@ def _coverage_section(out: Path) -> list[str]:
              f"({coverage['n_chains']} MD chain(s)): transitions between basins (core sets "
              "with hysteresis) and statistical inefficiency g in frames. A model can only "
              "transfer states the boundary data visit.", ""]
-    lines += _table(["torsion", "basins", "transitions", "g (frames)"],
+    lines += _table(["torsion", "basins", "transitions", "g (frames)", "widest empty arc"],
                     [[t["name"], str(t["n_basins"]), str(t["transitions"]),
-                      f"{t['statistical_inefficiency']:.1f}"] for t in coverage["torsions"]])
+                      f"{t['statistical_inefficiency']:.1f}", _gap(t)]
+                     for t in coverage["torsions"]])
     if coverage["flagged"]:
-        lines += ["", f"**Warning:** {', '.join(coverage['flagged'])} crossed fewer than "
-                  f"{coverage['min_transitions']} times: the boundary data likely miss or "
-                  "misweight states (run longer MD, or MD at the top of the range)."]
+        lines += ["", f"**Warning:** {', '.join(coverage['flagged'])}: fewer than "
+                  f"{coverage['min_transitions']} crossings between basins, or part of the "
+                  "circle never visited: the boundary data likely miss or misweight states "
+                  "(run longer MD, or MD at the top of the range)."]
     return lines + [""]
+
+
+def _gap(torsion: dict) -> str:
+    """The widest empty arc of a coverage record (absent in runs made before it existed)."""
+    gap = torsion.get("largest_gap_deg")
+    return "n/a" if gap is None else f"{gap:.0f}°"
 
 
 def _cost_section(out: Path) -> list[str]:

@@ -72,6 +72,23 @@ def test_three_basins_and_merging():
     assert coverage.find_basins(rng.normal(0.5, 0.5, 2000)).size == 0
 
 
+def test_one_basin_is_flagged_only_when_part_of_the_circle_is_empty():
+    rng = np.random.default_rng(7)
+    broad = rng.vonmises(2.5, 0.3, size=4000)  # one wide basin over the whole circle
+    narrow = rng.vonmises(-2.0, 8.0, size=4000)  # one basin, most of the circle empty
+    assert coverage.find_basins(broad).size == 0 and coverage.find_basins(narrow).size == 0
+    assert coverage.largest_gap_deg(broad) == 0.0 and coverage.largest_gap_deg(narrow) >= 180
+    torsions = tuple(coverage.TorsionCoverage(name, (0, 1, 2, 3), (), 0, 1.0,
+                                              coverage.largest_gap_deg(a))
+                     for name, a in (("broad", broad), ("narrow", narrow)))
+    result = coverage.Coverage(torsions, 4000, 1, 10)
+    assert result.flagged == ["narrow"] and "WARNING: narrow:" in result.summary()
+    # two basins: the number of transitions decides, whatever the gaps
+    two = coverage.TorsionCoverage("two", (0, 1, 2, 3), (0.0, 180.0), 9, 1.0, 0.0)
+    assert coverage.Coverage((two,), 4000, 1, 10).flagged == ["two"]
+    assert coverage.Coverage((two,), 4000, 1, 9).ok
+
+
 def test_bad_input():
     with pytest.raises(InputError, match="angles"):
         coverage.count_transitions(np.zeros((3, 2)))

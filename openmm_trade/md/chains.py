@@ -27,6 +27,7 @@ from .engine import (
     _platform,
     _platform_properties,
     _steps_per,
+    one_core,
 )
 from .trajectory import (
     _check_atoms,
@@ -99,12 +100,20 @@ def _bar_updater(bar, interval_ps: float):
     return update
 
 
-def _run_chain(
+def _run_chain(msys: MolecularSystem, core: int = 0, **options
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chain of :func:`simulate` on one CPU core (:func:`one_core`): ``(xyz, times,
+    energies)``; ``options`` as :func:`_simulate_chain` takes them."""
+    with one_core(core):
+        return _simulate_chain(msys, **options)
+
+
+def _simulate_chain(
     msys: MolecularSystem, temperature: float, n_frames: int, interval_ps: float, seed: int,
     equilibration_ps: float, timestep_ps: float, friction_per_ps: float, platform: str,
     output: Path | None, resume: bool, checkpoint_every: int, progress,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chain of :func:`simulate` (arguments already checked): ``(xyz, times, energies)``.
+    """The body of :func:`_run_chain` (arguments already checked).
 
     ``progress(n, resumed)`` is called with the frames kept from a checkpoint
     (``resumed=True``) and then with each new frame."""

@@ -3,6 +3,7 @@ progress bars and an energy evaluator."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -82,6 +83,31 @@ def _platform_properties(name: str) -> dict[str, str]:
     (multi-threaded CPU force sums vary at ~1e-7 and chaotic MD amplifies that); for
     molecules of a few dozen atoms one thread is also the fastest."""
     return {"Threads": "1"} if name == "CPU" else {}
+
+
+@contextlib.contextmanager
+def one_core(index: int = 0):
+    """Keep the calling thread, and the OpenMM threads it starts, on one CPU core.
+
+    On the CPU platform a Context hands every step to a worker thread and waits for it; on
+    virtual machines a wake-up across cores is slow, so an MD run whose threads sit on
+    different cores spends most of its time waiting (measured: 1,040 steps/s unpinned,
+    6,380 pinned, implicit alanine dipeptide on a 2-core VM). ``index`` picks the core
+    among those this process may use (modulo their number), so parallel chains get
+    different cores. Linux only; elsewhere nothing changes.
+
+    >>> with one_core(0):
+    ...     pass
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {allowed[index % len(allowed)]})  # 0: the calling thread
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def _platform(name: str) -> openmm.Platform:

@@ -258,6 +258,7 @@ def simulate(
                 folder.mkdir(exist_ok=True)
             jobs = [
                 {**run, "n_frames": size, "seed": _chain_seed(seed, c), "resume": resume,
+                 "core": c,
                  "output": None if folder is None else _chain_path(folder, c)}
                 for c, size in enumerate(_chain_sizes(n_frames, n_chains))
             ]
