@@ -48,6 +48,7 @@ from validate import (  # noqa: E402  (the reference, model and cache of validat
     QUICK,
     RESULTS,
     STATE,
+    add_delta_f,
     boundary,
     cache_root,
     get_model,
@@ -145,18 +146,6 @@ def draw(kind: str, model, energy, r: dict, k: int, budget: int | None, folder: 
     return wt, row
 
 
-def delta_f(wts: dict, t0: float, ref, rows: dict, args) -> None:
-    profile = ot.free_energy.profile_from_trajectories(
-        list(wts.values()), reference_temperature=t0, n_bootstrap=args.n_bootstrap,
-        seed=args.seed)
-    cmp = ot.free_energy.compare_with_mbar(profile, ref["mbar"])
-    for i, k in enumerate(wts):
-        rows[k]["delta_f_kT"] = float(profile.delta_f_kT[i])
-        rows[k]["delta_f_kT_err"] = float(profile.delta_f_kT_err[i])
-        rows[k]["delta_f_minus_mbar_kT"] = float(cmp.difference[i])
-        rows[k]["delta_f_minus_mbar_err_kT"] = float(cmp.error[i])
-
-
 def heat_capacity(model, energy, ref, folder: Path, args) -> dict:
     path = folder / f"cv-31-n{args.n}.json"
     cached = read_json(path)
@@ -197,7 +186,7 @@ def main(argv=None) -> dict:
             wts["plain"][k], results["plain"][k] = wt, row2
             results["pt"][k] = pt_prefix_cost(ref, k, row["kl"])
         for kind in ("refined", "plain"):
-            delta_f(wts[kind], t0, ref, results[kind], args)
+            add_delta_f(results[kind], wts[kind], t0, ref, args)
         out = {"system": args.system, "options": asdict(options(args)), "bar": BAR,
                "model": model_meta, "boundary": md_meta, "reference": reference_json(ref),
                "per_temperature": {kind: [results[kind][k] for k in sorted(results[kind])]

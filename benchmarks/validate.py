@@ -310,6 +310,20 @@ def get_model(name: str, msys, energy, traj, t0, t_range, args) -> tuple:
     return model, meta
 
 
+def add_delta_f(rows: dict, wts: dict, t0: float, ref, args) -> None:
+    """Fill ``rows[k]`` with Δf(T_k) (kT), its error and its difference from MBAR, from the
+    weighted trajectories ``wts[k]`` (T0 among them)."""
+    profile = ot.free_energy.profile_from_trajectories(
+        list(wts.values()), reference_temperature=t0, n_bootstrap=args.n_bootstrap,
+        seed=args.seed)
+    cmp = ot.free_energy.compare_with_mbar(profile, ref["mbar"])
+    for i, k in enumerate(wts):
+        rows[k]["delta_f_kT"] = float(profile.delta_f_kT[i])
+        rows[k]["delta_f_kT_err"] = float(profile.delta_f_kT_err[i])
+        rows[k]["delta_f_minus_mbar_kT"] = float(cmp.difference[i])
+        rows[k]["delta_f_minus_mbar_err_kT"] = float(cmp.error[i])
+
+
 def evaluate_model(name, model, energy, ref, t0, indices, folder, args) -> dict:
     """Per-temperature metrics (cached as JSON) and the weighted samples (cached as h5)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -354,15 +368,7 @@ def evaluate_model(name, model, energy, ref, t0, indices, folder, args) -> dict:
         log(f"  {name} {t:.1f} K: ESS {row['ess']:.3f} KL {row['kl']:.3f} "
             f"{STATE} {row['population']:.3f} (ref {r['population']:.3f}) {wall:.0f} s")
     # Δf(T) - Δf_MBAR(T) with all temperatures of this model (T0 among them).
-    profile = ot.free_energy.profile_from_trajectories(
-        [wts[k] for k in indices], reference_temperature=t0, n_bootstrap=args.n_bootstrap,
-        seed=args.seed)
-    cmp = ot.free_energy.compare_with_mbar(profile, ref["mbar"])
-    for i, k in enumerate(indices):
-        rows[k]["delta_f_kT"] = float(profile.delta_f_kT[i])
-        rows[k]["delta_f_kT_err"] = float(profile.delta_f_kT_err[i])
-        rows[k]["delta_f_minus_mbar_kT"] = float(cmp.difference[i])
-        rows[k]["delta_f_minus_mbar_err_kT"] = float(cmp.error[i])
+    add_delta_f(rows, {k: wts[k] for k in indices}, t0, ref, args)
     return {"per_temperature": [rows[k] for k in indices], "wts": wts}
 
 
