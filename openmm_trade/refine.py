@@ -58,7 +58,6 @@ True
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -66,7 +65,7 @@ import torch
 
 from .errors import InputError
 from .metrics import effective_sample_size
-from .sampling import WeightedTrajectory, systematic_resample
+from .sampling import WeightedTrajectory, _show_progress, systematic_resample
 from .units import KB, check_temperature
 
 #: Largest step (rad) of a proposal on a periodic coordinate (see the module docstring).
@@ -552,7 +551,7 @@ class _Islands:
 def _progress(quiet: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=100, desc=desc, unit="%", disable=quiet or not sys.stderr.isatty(),
+    return tqdm(total=100, desc=desc, unit="%", disable=not _show_progress(quiet),
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
 

@@ -91,6 +91,7 @@ from tqdm.auto import tqdm
 from .energy import Energy
 from .errors import CheckpointError, InputError, OpenMMTradeError, one_line
 from .files import PathLike, atomic_write_path, unreadable_torch_file, write_text_atomic
+from .md.trajectory import CHAIN_ATTRIBUTE
 from .metrics import overlap_log_weights
 from .trade import EVALUATION_POINTS, TradeObjective
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
@@ -615,7 +616,7 @@ class Trainer:
         self.holdout = None
         if self.boundary is not None:
             self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-            chains = getattr(boundary, "chain_index", None)
+            chains = getattr(boundary, CHAIN_ATTRIBUTE, None)
             kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
             if held.size:
                 self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
