@@ -182,6 +182,7 @@ def load_reference(msys, args) -> dict:
         log(f"no cached PT reference for {args.system}: running {args.pt_iterations} "
             f"iterations x {args.pt_steps} steps")
         storage = cache_root(args) / f"pt-{args.pt_iterations}x{args.pt_steps}.nc"
+        done_before = stored_iterations(storage)
         started = time.perf_counter()
         pt = ot.md.parallel_tempering(msys, temperatures, n_iterations=args.pt_iterations,
                                       steps_per_iteration=args.pt_steps, storage=storage,
@@ -189,7 +190,10 @@ def load_reference(msys, args) -> dict:
         meta_path = storage.with_suffix(".json")
         meta = read_json(meta_path)
         if meta is None:
-            meta = {"wall_time_s": time.perf_counter() - started}
+            # A resumed run is timed on the iterations this call ran, scaled to the total.
+            ran = max(args.pt_iterations - done_before, 1)
+            meta = {"wall_time_s": (time.perf_counter() - started) * args.pt_iterations / ran,
+                    "timed_iterations": [done_before, args.pt_iterations]}
             write_json(meta_path, meta)
         wall_total = float(meta["wall_time_s"])
         source = str(storage)
@@ -224,6 +228,16 @@ def load_reference(msys, args) -> dict:
             "phi_psi": phi_psi, "energies": energies,
         })
     return ref
+
+
+def stored_iterations(storage: Path) -> int:
+    """Iterations already in an openmmtools storage file (0 when there is none)."""
+    if not storage.exists():
+        return 0
+    import netCDF4
+
+    with netCDF4.Dataset(storage) as data:
+        return int(data.variables["last_iteration"][0])
 
 
 def reference_json(ref) -> dict:

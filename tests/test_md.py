@@ -396,6 +396,19 @@ def test_parallel_tempering_reproduces_with_seed(vacuum, tmp_path):
     assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1])
 
 
+def test_parallel_tempering_storage_names_the_move_where_old_files_look():
+    """Storage written before md/ became a package names the move ``openmm_trade.md``;
+    openmmtools resumes it by importing that name, so it must stay there."""
+    from openmm import unit
+    from openmmtools import utils
+
+    move = ot.md.SeededLangevinDynamicsMove(random_seed=5, timestep=1 * unit.femtosecond)
+    stored = utils.serialize(move)
+    stored["__module__"] = "openmm_trade.md"
+    again = utils.deserialize(stored)
+    assert type(again) is type(move) and again.random_seed == 5
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

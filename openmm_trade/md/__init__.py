@@ -51,6 +51,7 @@ from __future__ import annotations
 from .boundary import load_boundary
 from .chains import available_cores
 from .engine import default_timestep_ps
+from .moves import SeededLangevinDynamicsMove  # PT storage files written before the md/ split name it here
 from .parallel_tempering import ParallelTemperingResult, cache_dir, parallel_tempering
 from .reporter import BoundaryReporter
 from .simulation import simulate, simulation_summary
@@ -69,6 +70,7 @@ __all__ = [
     "ENERGY_ATTRIBUTE",
     "BoundaryReporter",
     "ParallelTemperingResult",
+    "SeededLangevinDynamicsMove",
     "attach_energies",
     "available_cores",
     "cache_dir",
