@@ -51,7 +51,8 @@ from __future__ import annotations
 from .boundary import load_boundary
 from .chains import available_cores
 from .engine import default_timestep_ps
-from .moves import SeededLangevinDynamicsMove  # PT storage files written before the md/ split name it here
+# PT storage files written before the md/ split name the move here
+from .moves import SeededLangevinDynamicsMove
 from .parallel_tempering import ParallelTemperingResult, cache_dir, parallel_tempering
 from .reporter import BoundaryReporter
 from .simulation import simulate, simulation_summary
