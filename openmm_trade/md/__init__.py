@@ -51,6 +51,7 @@ from __future__ import annotations
 from .boundary import load_boundary
 from .chains import available_cores
 from .engine import default_timestep_ps
+
 # PT storage files written before the md/ split name the move here
 from .moves import SeededLangevinDynamicsMove
 from .parallel_tempering import ParallelTemperingResult, cache_dir, parallel_tempering
