@@ -1,7 +1,8 @@
 """Figures: Ramachandran free-energy panels, ESS(T), Δf(T) vs MBAR, populations(T), energies.
 
 Every function takes the data, writes one figure to ``path`` (format from the suffix:
-``.png``, ``.svg`` or ``.pdf``; written atomically) and returns the path. Figures are
+``.png``, ``.svg`` or ``.pdf``; written atomically) and returns the path; its ``*_figure``
+twin returns the matplotlib ``Figure`` unsaved, for a user who wants to adjust it. Figures are
 built with matplotlib's object API and the Agg canvas, so nothing touches pyplot's global
 state or needs a display.
 
@@ -66,7 +67,8 @@ def _reference_series(reference, temperatures_name: str = "temperatures"):
 
 def ramachandran_panels(model: Sequence, path: PathLike, reference: Sequence | None = None,
                         vmax: float | None = None, dpi: int = 120) -> Path:
-    """Ramachandran free-energy surfaces across temperatures, model above reference.
+    """Ramachandran free-energy surfaces across temperatures, model above reference, saved
+    to ``path`` (:func:`ramachandran_panels_figure` for the figure itself).
 
     Parameters
     ----------
@@ -85,6 +87,12 @@ def ramachandran_panels(model: Sequence, path: PathLike, reference: Sequence | N
     >>> fes = [ot.free_energy.surface(wt, ot.cv.ramachandran) for wt in wts]  # doctest: +SKIP
     >>> ramachandran_panels(fes, "rama.png")  # doctest: +SKIP
     """
+    return _save(ramachandran_panels_figure(model, reference, vmax), path, dpi)
+
+
+def ramachandran_panels_figure(model: Sequence, reference: Sequence | None = None,
+                               vmax: float | None = None) -> Figure:
+    """The figure of :func:`ramachandran_panels`, unsaved (to adjust before saving)."""
     rows = [("model", list(model))]
     if reference is not None:
         rows.append(("reference", list(reference)))
@@ -111,15 +119,20 @@ def ramachandran_panels(model: Sequence, path: PathLike, reference: Sequence | N
                 ax.set_ylabel(f"{names[1]} (°)")
             ax.set_aspect("equal")
     fig.colorbar(mesh, ax=axes, label="F (kJ/mol)", shrink=0.9)
-    return _save(fig, path, dpi)
+    return fig
 
 
 def ess_vs_temperature(profile, path: PathLike, dpi: int = 120) -> Path:
     """Effective sample size (fraction, log scale) against temperature.
 
     ``profile`` is a :class:`~openmm_trade.free_energy.TemperatureProfile` or anything with
-    ``temperature`` and ``ess`` arrays.
+    ``temperature`` and ``ess`` arrays. :func:`ess_vs_temperature_figure` gives the figure.
     """
+    return _save(ess_vs_temperature_figure(profile), path, dpi)
+
+
+def ess_vs_temperature_figure(profile) -> Figure:
+    """The figure of :func:`ess_vs_temperature`, unsaved (to adjust before saving)."""
     order = np.argsort(profile.temperature)
     fig, axes = _figure()
     ax = axes[0, 0]
@@ -131,7 +144,7 @@ def ess_vs_temperature(profile, path: PathLike, dpi: int = 120) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("temperature (K)")
     ax.set_ylabel("ESS (fraction of samples)")
-    return _save(fig, path, dpi)
+    return fig
 
 
 def delta_f_vs_temperature(profile, path: PathLike, mbar=None, dpi: int = 120) -> Path:
@@ -145,7 +158,14 @@ def delta_f_vs_temperature(profile, path: PathLike, mbar=None, dpi: int = 120) -
         Output figure.
     mbar : MBARResult or (temperatures, delta_f, delta_f_error), optional
         Reference values; shifted to the profile's T0 when T0 is one of its temperatures.
+
+    :func:`delta_f_vs_temperature_figure` gives the figure unsaved.
     """
+    return _save(delta_f_vs_temperature_figure(profile, mbar), path, dpi)
+
+
+def delta_f_vs_temperature_figure(profile, mbar=None) -> Figure:
+    """The figure of :func:`delta_f_vs_temperature`, unsaved (to adjust before saving)."""
     order = np.argsort(profile.temperature)
     t = np.asarray(profile.temperature)[order]
     fig, axes = _figure()
@@ -163,7 +183,7 @@ def delta_f_vs_temperature(profile, path: PathLike, mbar=None, dpi: int = 120) -
     ax.set_xlabel("temperature (K)")
     ax.set_ylabel(f"Δf (kT), T0 = {profile.reference_temperature:g} K")
     ax.legend()
-    return _save(fig, path, dpi)
+    return fig
 
 
 def populations_vs_temperature(profile, path: PathLike, reference=None,
@@ -171,8 +191,13 @@ def populations_vs_temperature(profile, path: PathLike, reference=None,
     """State populations against temperature with error bars; reference as open markers.
 
     ``profile`` and ``reference`` are :class:`~openmm_trade.free_energy.PopulationProfile`
-    tables (e.g. flow vs MD).
+    tables (e.g. flow vs MD). :func:`populations_vs_temperature_figure` gives the figure.
     """
+    return _save(populations_vs_temperature_figure(profile, reference), path, dpi)
+
+
+def populations_vs_temperature_figure(profile, reference=None) -> Figure:
+    """The figure of :func:`populations_vs_temperature`, unsaved (to adjust before saving)."""
     fig, axes = _figure()
     ax = axes[0, 0]
     for j, state in enumerate(profile.states):
@@ -187,7 +212,7 @@ def populations_vs_temperature(profile, path: PathLike, reference=None,
     ax.set_ylabel("population")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    return _save(fig, path, dpi)
+    return fig
 
 
 def energy_histograms(trajectories: Sequence[WeightedTrajectory], path: PathLike,
@@ -196,7 +221,15 @@ def energy_histograms(trajectories: Sequence[WeightedTrajectory], path: PathLike
     """Weighted potential-energy distributions per temperature (one panel each).
 
     ``reference`` maps a temperature (K) to reference energies (kJ/mol) drawn as a line.
+    :func:`energy_histograms_figure` gives the figure unsaved.
     """
+    return _save(energy_histograms_figure(trajectories, reference, bins), path, dpi)
+
+
+def energy_histograms_figure(trajectories: Sequence[WeightedTrajectory],
+                             reference: Mapping[float, np.ndarray] | None = None,
+                             bins: int = 50) -> Figure:
+    """The figure of :func:`energy_histograms`, unsaved (to adjust before saving)."""
     trajectories = list(trajectories)
     if not trajectories:
         raise InputError("trajectories must be a non-empty sequence of WeightedTrajectory")
@@ -220,10 +253,12 @@ def energy_histograms(trajectories: Sequence[WeightedTrajectory], path: PathLike
         ax.set_xlabel("U (kJ/mol)")
     axes[0, 0].set_ylabel("density")
     axes[0, 0].legend(fontsize=8)
-    return _save(fig, path, dpi)
+    return fig
 
 
 __all__ = [
-    "delta_f_vs_temperature", "energy_histograms", "ess_vs_temperature",
-    "populations_vs_temperature", "ramachandran_panels",
+    "delta_f_vs_temperature", "delta_f_vs_temperature_figure", "energy_histograms",
+    "energy_histograms_figure", "ess_vs_temperature", "ess_vs_temperature_figure",
+    "populations_vs_temperature", "populations_vs_temperature_figure", "ramachandran_panels",
+    "ramachandran_panels_figure",
 ]

@@ -36,9 +36,20 @@ def _angles(temperature: float, n: int, seed: int) -> WeightedTrajectory:
 
 
 def _check(path, suffix=".png"):
+    """The file is there, in its format, with no temporary files left beside it."""
     assert path.exists() and path.suffix == suffix
-    assert path.stat().st_size > 5000
+    head = path.read_bytes()[:200]
+    assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in head or b"<?xml" in head
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def _points(ax, label):
+    """(x, y) of the plotted line or error-bar series called ``label``."""
+    for container in ax.containers:
+        if container.get_label() == label:
+            return container.lines[0].get_xdata(), container.lines[0].get_ydata()
+    line = next(line for line in ax.lines if line.get_label() == label)
+    return line.get_xdata(), line.get_ydata()
 
 
 def test_ramachandran_panels(tmp_path):
@@ -48,17 +59,35 @@ def test_ramachandran_panels(tmp_path):
     reference = [fe.surface(_angles(t, 3000, 2), cv=lambda x: x, bins=36,
                             range=[(-math.pi, math.pi)] * 2, n_bootstrap=5, seed=0)
                  for t in TEMPERATURES]
-    path = plots.ramachandran_panels(model, tmp_path / "rama.png", reference=reference)
-    _check(path)
+    fig = plots.ramachandran_panels_figure(model, reference=reference)
+    panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
+    assert len(panels) == 2 * len(TEMPERATURES)
+    for ax, fes in zip(panels, model + reference, strict=True):
+        shown = ax.collections[0].get_array()
+        np.testing.assert_array_equal(shown.mask.ravel(), ~np.isfinite(fes.free_energy.T).ravel())
+        np.testing.assert_allclose(shown.compressed(),
+                                   fes.free_energy.T[np.isfinite(fes.free_energy.T)])
+        assert f"{fes.temperature:g} K" in ax.get_title()
+    _check(plots.ramachandran_panels(model, tmp_path / "rama.png", reference=reference))
     with pytest.raises(InputError, match="one surface per model"):
         plots.ramachandran_panels(model, tmp_path / "bad.png", reference=reference[:1])
 
 
 def test_profile_figures(harmonic_draws, tmp_path):
     profile = fe.profile_from_trajectories(harmonic_draws, n_bootstrap=20, seed=0)
+    ax = plots.ess_vs_temperature_figure(profile).axes[0]
+    x, y = ax.lines[0].get_xdata(), ax.lines[0].get_ydata()
+    np.testing.assert_allclose(x, TEMPERATURES)
+    np.testing.assert_allclose(y, profile.ess)
     _check(plots.ess_vs_temperature(profile, tmp_path / "ess.png"))
+
     rng = np.random.default_rng(0)
     mbar = mbar_from_energies(TEMPERATURES, [rng.gamma(1.0, KB * t, 1000) for t in TEMPERATURES])
+    ax = plots.delta_f_vs_temperature_figure(profile, mbar=mbar).axes[0]
+    np.testing.assert_allclose(_points(ax, "flow (importance sampling)")[1], profile.delta_f_kT)
+    np.testing.assert_allclose(_points(ax, "flow (TI of ⟨U⟩)")[1], profile.delta_f_ti_kT)
+    t0 = list(TEMPERATURES).index(profile.reference_temperature)
+    np.testing.assert_allclose(_points(ax, "MBAR")[1], mbar.delta_f - mbar.delta_f[t0])
     _check(plots.delta_f_vs_temperature(profile, tmp_path / "df.png", mbar=mbar))
     _check(plots.delta_f_vs_temperature(profile, tmp_path / "df.svg"), suffix=".svg")
     with pytest.raises(InputError, match="must end in"):
@@ -68,8 +97,22 @@ def test_profile_figures(harmonic_draws, tmp_path):
 def test_populations_and_energy_figures(harmonic_draws, tmp_path):
     states = {"inner": lambda v: (v ** 2).sum(1) < 0.03, "outer": lambda v: (v ** 2).sum(1) >= 0.03}
     table = fe.populations_vs_temperature(harmonic_draws, states, n_bootstrap=20, seed=0)
+    ax = plots.populations_vs_temperature_figure(table, reference=table).axes[0]
+    for j, state in enumerate(table.states):
+        np.testing.assert_allclose(_points(ax, state)[1], table.population[:, j])
+        np.testing.assert_allclose(_points(ax, f"{state} (reference)")[1], table.population[:, j])
     _check(plots.populations_vs_temperature(table, tmp_path / "pops.png", reference=table))
+
     rng = np.random.default_rng(1)
     reference = {t: rng.gamma(1.0, KB * t, 2000) for t in TEMPERATURES}
+    fig = plots.energy_histograms_figure(harmonic_draws, reference=reference, bins=30)
+    for ax, wt in zip(fig.axes, harmonic_draws, strict=True):
+        keep = wt.weights > 0
+        edges = np.histogram_bin_edges(np.concatenate([wt.energies[keep], reference[
+            wt.temperature]]), bins=30)
+        expected, _ = np.histogram(wt.energies[keep], bins=edges, weights=wt.weights[keep],
+                                   density=True)
+        bars = [patch.get_height() for patch in ax.patches[:30]]  # the reweighted histogram
+        np.testing.assert_allclose(bars, expected)
     _check(plots.energy_histograms(harmonic_draws, tmp_path / "energies.png",
                                    reference=reference))
