@@ -40,11 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
-import openmm_trade as ot
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from validate import (  # noqa: E402  (the reference, model and cache of validate.py)
+from validate import (  # the reference, model and cache of validate.py (same folder)
     QUICK,
     RESULTS,
     STATE,
@@ -59,6 +55,8 @@ from validate import (  # noqa: E402  (the reference, model and cache of validat
     reference_json,
     write_json,
 )
+
+import openmm_trade as ot
 
 BAR = {"kl": 0.06, "population_rel": 0.25, "delta_f_kT": 0.1, "force_evaluations": 3e5}
 

@@ -52,15 +52,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transfer import FixedCondition  # baseline (b), shared with transfer.py (same folder)
 
 import openmm_trade as ot
-from openmm_trade.files import write_text_atomic
+from openmm_trade.files import atomic_write_path, write_text_atomic
 from openmm_trade.flow import TemperatureFlow
 from openmm_trade.mbar import mbar_reference
 from openmm_trade.timeseries import circular_statistical_inefficiency, statistical_inefficiency
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer import FixedCondition  # noqa: E402  (baseline (b), shared with transfer.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -671,7 +669,8 @@ def figure(setting, wts, ref, indices, args, path: Path) -> Path | None:
                  "vs parallel tempering (bottom); populations: TRADE (filled) vs PT (open)",
                  fontsize=9)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=0.93, wspace=0.01)
-    ot.plots._save(fig, path, dpi=120)
+    with atomic_write_path(path) as tmp_file:
+        fig.savefig(tmp_file, dpi=120, format="png")
     for p in (panels, pops):
         p.unlink(missing_ok=True)
     tmp.rmdir()
