@@ -10,9 +10,10 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from .. import checks
 from ..errors import InputError, one_line
 from ..system import MolecularSystem
-from .engine import PathLike, _check_int, _check_system, _EnergyEvaluator
+from .engine import PathLike, _check_system, _EnergyEvaluator
 from .trajectory import _check_atoms, _read_trajectory_file, attach_energies
 
 #: Constraint deviation (nm) above which boundary data is reported.
@@ -106,7 +107,7 @@ def load_boundary(
     4
     """
     _check_system(msys)
-    stride = _check_int(stride, "stride")
+    stride = checks.integer(stride, "stride")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [Path(p).expanduser() for p in paths]

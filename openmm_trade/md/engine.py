@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import openmm
@@ -28,27 +26,6 @@ def _check_system(msys) -> MolecularSystem:
     if not isinstance(msys, MolecularSystem):
         raise InputError(f"msys must be an openmm_trade.MolecularSystem, got {type(msys).__name__}")
     return msys
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(value, name: str, allow_zero: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        relation = ">= 0" if allow_zero else "> 0"
-        raise InputError(f"{name} must be a finite number {relation}, got {value!r}")
-    return number
-
-
-def _check_seed(seed) -> int:
-    return _check_int(seed, "seed", minimum=0)
 
 
 def _openmm_seed(*parts: int) -> int:
@@ -116,20 +93,6 @@ def _platform(name: str) -> openmm.Platform:
     if name not in names:
         raise InputError(f"platform must be one of {names}, got {name!r}")
     return openmm.Platform.getPlatformByName(name)
-
-
-def _check_writable(path: PathLike, name: str) -> Path:
-    """Check that ``path`` can be created or replaced (its folder is created if needed)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{name} must be a file path, got the directory {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"{name}: cannot create the folder {path.parent}: {err}") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"{name}: {path} is not writable")
-    return path
 
 
 def _progress(total: int, quiet: bool, desc: str, initial: int = 0, what: str = "frame"):

@@ -18,16 +18,13 @@ import mdtraj
 import numpy as np
 from openmm import unit
 
+from .. import checks
 from ..errors import CheckpointError, InputError
 from ..system import MolecularSystem
-from ..units import KB, check_temperature
+from ..units import KB
 from .engine import (
     PathLike,
-    _check_float,
-    _check_int,
-    _check_seed,
     _check_system,
-    _check_writable,
     _EnergyEvaluator,
     _ns_per_day,
     _openmm_seed,
@@ -128,20 +125,6 @@ def _default_storage(msys, temperatures, steps, timestep_ps, seed) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "parallel_tempering" / f"{msys.name}-{digest}.nc"
 
-
-def _check_temperatures(temperatures) -> np.ndarray:
-    try:
-        temps = np.asarray(temperatures, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"temperatures must be a sequence of numbers in K, got {temperatures!r}"
-        ) from None
-    if temps.ndim != 1 or temps.size < 2:
-        raise InputError(f"temperatures must list >= 2 temperatures in K, got {temperatures!r}")
-    check_temperature(temps, name="temperatures")
-    if np.any(np.diff(temps) <= 0):
-        raise InputError(f"temperatures must be strictly increasing, got {temps.tolist()}")
-    return temps
 
 
 def _read_parallel_tempering(storage: Path, checkpoint: Path, temps: np.ndarray, msys,
@@ -252,17 +235,17 @@ def parallel_tempering(
     (3, 5)
     """
     _check_system(msys)
-    temps = _check_temperatures(temperatures)
-    n_iterations = _check_int(n_iterations, "n_iterations")
-    steps = _check_int(steps_per_iteration, "steps_per_iteration")
-    timestep_ps = default_timestep_ps(msys) if timestep_ps is None else _check_float(
+    temps = checks.temperatures(temperatures, "temperatures", minimum_count=2, increasing=True)
+    n_iterations = checks.integer(n_iterations, "n_iterations")
+    steps = checks.integer(steps_per_iteration, "steps_per_iteration")
+    timestep_ps = default_timestep_ps(msys) if timestep_ps is None else checks.number(
         timestep_ps, "timestep_ps")
-    friction_per_ps = _check_float(friction_per_ps, "friction_per_ps", allow_zero=True)
-    seed = None if seed is None else _check_seed(seed)
+    friction_per_ps = checks.number(friction_per_ps, "friction_per_ps", allow_zero=True)
+    seed = None if seed is None else checks.seed(seed)
     openmm_platform = _platform(platform)
     if storage is None:
         storage = _default_storage(msys, temps.tolist(), steps, timestep_ps, seed)
-    storage = _check_writable(storage, "storage")
+    storage = checks.writable_file(storage, "storage")
     if storage.suffix != ".nc":
         raise InputError(f"storage must be a NetCDF path ending in .nc, got {storage}")
     checkpoint = storage.with_name(storage.stem + "_checkpoint.nc")

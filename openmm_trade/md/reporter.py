@@ -6,8 +6,9 @@ import mdtraj
 import numpy as np
 from openmm import unit
 
+from .. import checks
 from ..errors import InputError
-from .engine import PathLike, _check_int, _check_writable, _EnergyEvaluator
+from .engine import PathLike, _EnergyEvaluator
 from .trajectory import _FrameFile, _read_frame_file, attach_energies
 
 
@@ -48,8 +49,8 @@ class BoundaryReporter:
     """
 
     def __init__(self, file: PathLike | None = None, report_interval: int = 500):
-        self._interval = _check_int(report_interval, "report_interval")
-        self._path = None if file is None else _check_writable(file, "file")
+        self._interval = checks.integer(report_interval, "report_interval")
+        self._path = None if file is None else checks.writable_file(file, "file")
         self._file = None
         self._topology = None
         self._evaluator = None

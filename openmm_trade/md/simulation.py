@@ -8,6 +8,7 @@ import sys
 import mdtraj
 import numpy as np
 
+from .. import checks
 from ..errors import CheckpointError, InputError
 from ..system import MolecularSystem
 from ..timeseries import circular_statistical_inefficiency, statistical_inefficiency
@@ -27,11 +28,7 @@ from .chains import (
 )
 from .engine import (
     PathLike,
-    _check_float,
-    _check_int,
-    _check_seed,
     _check_system,
-    _check_writable,
     _platform,
     _progress,
     _steps_per,
@@ -197,20 +194,20 @@ def simulate(
     """
     _check_system(msys)
     temperature = check_temperature(temperature)
-    n_frames = _check_int(n_frames, "n_frames")
-    interval_ps = _check_float(interval_ps, "interval_ps")
-    seed = _check_seed(seed)
-    equilibration_ps = _check_float(equilibration_ps, "equilibration_ps", allow_zero=True)
-    timestep_ps = default_timestep_ps(msys) if timestep_ps is None else _check_float(
+    n_frames = checks.integer(n_frames, "n_frames")
+    interval_ps = checks.number(interval_ps, "interval_ps")
+    seed = checks.seed(seed)
+    equilibration_ps = checks.number(equilibration_ps, "equilibration_ps", allow_zero=True)
+    timestep_ps = default_timestep_ps(msys) if timestep_ps is None else checks.number(
         timestep_ps, "timestep_ps")
-    friction_per_ps = _check_float(friction_per_ps, "friction_per_ps", allow_zero=True)
+    friction_per_ps = checks.number(friction_per_ps, "friction_per_ps", allow_zero=True)
     _steps_per(interval_ps, timestep_ps, "interval_ps")
-    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every")
+    checkpoint_every = checks.integer(checkpoint_every, "checkpoint_every")
     _platform(platform)
     if n_chains is None:
         n_chains = _resumed_chains(output) if resume and output is not None else None
         n_chains = min(available_cores(), n_frames) if n_chains is None else n_chains
-    elif _check_int(n_chains, "n_chains") > n_frames:
+    elif checks.integer(n_chains, "n_chains") > n_frames:
         raise InputError(f"n_chains must be at most n_frames={n_frames}, got {n_chains}")
     n_chains = int(n_chains)
     run = {"temperature": temperature, "interval_ps": interval_ps,
@@ -220,7 +217,7 @@ def simulate(
 
     folder = None
     if output is not None:
-        output = _check_writable(output, "output")
+        output = checks.writable_file(output, "output")
         folder = _chain_folder(output)
         if (output.exists() or folder.exists()) and not resume:
             raise InputError(

@@ -12,10 +12,11 @@ from pathlib import Path
 import mdtraj
 import numpy as np
 
+from .. import checks
 from ..errors import CheckpointError, InputError
 from ..files import atomic_write_path, write_bytes_atomic
 from ..system import MolecularSystem
-from .engine import PathLike, _check_system, _check_writable, _EnergyEvaluator
+from .engine import PathLike, _check_system, _EnergyEvaluator
 
 #: Name of the trajectory attribute that holds the potential energies (kJ/mol).
 ENERGY_ATTRIBUTE = "potential_energy"
@@ -183,7 +184,7 @@ def save_trajectory(traj: mdtraj.Trajectory, path: PathLike) -> Path:
     >>> load_trajectory(path).potential_energy.shape
     (2,)
     """
-    path = _check_writable(path, "path")
+    path = checks.writable_file(path, "path")
     energies = potential_energies(traj)
     with atomic_write_path(path) as tmp:
         frame_file = _FrameFile(tmp, traj.topology, mode="w")
