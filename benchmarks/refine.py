@@ -162,6 +162,36 @@ def heat_capacity(model, energy, ref, folder: Path, args) -> dict:
     return out
 
 
+def markdown(out: dict) -> str:
+    """The README table: refined beside plain importance sampling at the same number of
+    force evaluations and beside the parallel-tempering prefix that reaches the refined KL."""
+    ref = out["reference"]
+    lines = [
+        "| T (K) | SMC ESS | ancestors | SMC KL | IS KL | PT floor | αL SMC | αL IS | αL PT "
+        "| Δf−MBAR SMC (kT) | Δf−MBAR IS (kT) | force evals | SMC wall s | PT evals to SMC KL |",
+        "|---" * 14 + "|",
+    ]
+    rows = zip(out["per_temperature"]["refined"], out["per_temperature"]["plain"],
+               out["per_temperature"]["pt"], strict=True)
+    for refined, plain, pt in rows:
+        reached = pt.get("energy_evaluations")
+        lines.append(
+            f"| {refined['temperature']:.0f} | {refined['ess']:.1%} | "
+            f"{refined.get('distinct_ancestors', '')} | {refined['kl']:.3f} | {plain['kl']:.3f} "
+            f"| {refined['kl_reference_floor']:.3f} | {refined['population']:.3f} | "
+            f"{plain['population']:.3f} | {refined['population_reference']:.3f} | "
+            f"{refined['delta_f_minus_mbar_kT']:+.3f} ± {refined['delta_f_minus_mbar_err_kT']:.3f}"
+            f" | {plain['delta_f_minus_mbar_kT']:+.3f} ± {plain['delta_f_minus_mbar_err_kT']:.3f}"
+            f" | {refined['force_evaluations']:,} | {refined['wall_time_s']:.0f} | "
+            f"{'not reached' if reached is None else f'{reached:,}'} |")
+    lines.append(f"\nReference: parallel tempering, {len(ref['temperatures'])} replicas, "
+                 f"{ref['n_iterations']} iterations x {ref['steps_per_iteration']} steps "
+                 f"({ref['energy_evaluations']:,} force evaluations, "
+                 f"{ref['wall_time_s']:.0f} s). IS: plain importance sampling from the same "
+                 "model with as many samples as SMC spent force evaluations.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     msys = ot.systems.load(args.system)
@@ -193,6 +223,7 @@ def main(argv=None) -> dict:
         if args.cv:
             out["heat_capacity"] = heat_capacity(model, energy, ref, folder, args)
     write_json(args.output, out)
+    print(markdown(out))
     log(f"wrote {args.output}")
     return out
 
