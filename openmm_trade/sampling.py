@@ -39,7 +39,7 @@ import torch
 
 from .errors import InputError
 from .files import atomic_write_path
-from .metrics import effective_sample_size
+from .importance import effective_sample_size, log_mean_exp, normalized_weights
 from .units import KB, check_temperature
 
 PathLike = str | os.PathLike
@@ -63,21 +63,6 @@ def log_importance_weights(energies, log_prob, temperature: float) -> np.ndarray
         log_w = -energies / (KB * temperature) - log_prob
     log_w[~(np.isfinite(energies) & np.isfinite(log_prob))] = -np.inf
     return log_w
-
-
-def normalized_weights(log_weights) -> np.ndarray:
-    """Weights ``exp(log w)`` normalised to sum 1 (all zero if no weight is finite).
-
-    >>> normalized_weights([0.0, np.log(3.0)]).round(3).tolist()
-    [0.25, 0.75]
-    """
-    log_weights = np.asarray(log_weights, dtype=np.float64)
-    finite = np.isfinite(log_weights)
-    if not finite.any():
-        return np.zeros_like(log_weights)
-    w = np.exp(log_weights - log_weights[finite].max())
-    w[~finite] = 0.0
-    return w / w.sum()
 
 
 def systematic_resample(weights, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -246,11 +231,7 @@ class WeightedTrajectory:
     @property
     def log_partition_estimate(self) -> float:
         """``ln Z(β) ≈ ln mean(w)``, the importance-sampling estimate (``-f(β)``)."""
-        finite = np.isfinite(self.log_weights)
-        if not finite.any():
-            return -math.inf
-        top = self.log_weights[finite].max()
-        return float(top + np.log(np.exp(self.log_weights[finite] - top).sum()) - np.log(len(self)))
+        return log_mean_exp(self.log_weights)
 
     @property
     def refinement(self) -> dict | None:

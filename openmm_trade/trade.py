@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from .energy import Energy
 from .errors import CheckpointError, InputError
-from .metrics import effective_sample_size
+from .importance import effective_sample_size
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
 
 __all__ = [
