@@ -245,7 +245,8 @@ def test_sample_conditional_flow_toy():
 
     energy = HarmonicOscillator(spring_constant=100.0, dim=2)
     model = ConditionalFlow([Domain.real(-1.0, 1.0)] * 2, reference_temperature=300.0,
-                            temperature_range=(300.0, 600.0), hidden=16, n_blocks=1, seed=0)
+                            temperature_range=(300.0, 600.0), hidden=16, n_blocks=1, seed=0,
+                            prior="uniform", widen_prior=False, prior_floor=0.0)
     wt = sample(model, energy, 450.0, 300, chunk_size=128, seed=0, quiet=True)
     assert wt.samples.dtype == np.float32 and wt.log_prob.dtype == np.float64
     x = torch.from_numpy(wt.samples)
@@ -275,7 +276,7 @@ def test_same_seed_same_samples_with_a_flow():
 
     energy = HarmonicOscillator(spring_constant=50.0, dim=1, window=3.0)
     flow = ConditionalFlow([Domain.interval(-3.0, 3.0)], 300.0, (300.0, 600.0), hidden=8,
-                           n_blocks=1)
+                           n_blocks=1, prior="uniform", widen_prior=False, prior_floor=0.0)
     first = ot.sample(flow, energy, temperature=400.0, n=50, seed=11, quiet=True)
     flow.sample(7, 400.0)  # advance the flow's own generator in between
     second = ot.sample(flow, energy, temperature=400.0, n=50, seed=11, quiet=True)
