@@ -65,6 +65,7 @@ import torch
 
 from .errors import InputError
 from .importance import effective_sample_size, log_mean_exp, log_sum_exp, normalized_weights
+from .model import check_model
 from .sampling import WeightedTrajectory, _show_progress, systematic_resample
 from .units import KB, check_temperature
 
@@ -217,12 +218,13 @@ class _Space:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def for_model(cls, model, energy, temperature: float, chunk_size: int) -> _Space:
+        check_model(model)
         flow = getattr(model, "flow", None)
         coordinates = getattr(model, "coordinates", None)
         if flow is None or coordinates is None:
             flow, coordinates = model, None
         domains = getattr(flow, "domains", None)
-        if domains is None or not hasattr(flow, "log_prob"):
+        if domains is None:
             raise InputError("model must be an openmm_trade TemperatureFlow or "
                              f"flow.ConditionalFlow (with domains), got {type(model).__name__}")
 

@@ -17,7 +17,9 @@ from analytic import (
 
 import openmm_trade as ot
 from openmm_trade.errors import InputError
+from openmm_trade.model import BoltzmannModel, check_model
 from openmm_trade.sampling import WeightedTrajectory, sample, systematic_resample
+from openmm_trade.toys import HarmonicOscillator
 from openmm_trade.units import KB
 
 
@@ -283,3 +285,24 @@ def test_same_seed_same_samples_with_a_flow():
     other = ot.sample(flow, energy, temperature=400.0, n=50, seed=12, quiet=True)
     assert np.array_equal(first.samples, second.samples)
     assert not np.array_equal(first.samples, other.samples)
+
+
+def test_objects_outside_the_model_protocol_get_one_clear_error():
+    """ot.sample, ot.train and refinement name what a model lacks, in one InputError."""
+    energy = HarmonicOscillator(spring_constant=100.0, dim=2)
+
+    class NoGenerator(GaussianModel):
+        def sample(self, n, temperature):  # the protocol's sample takes generator=
+            return super().sample(n, temperature)
+
+    for model, lacks in [(object(), "lacks sample"),
+                         (NoGenerator(), "lacks a generator= keyword in sample")]:
+        with pytest.raises(InputError, match=lacks):
+            sample(model, energy, 450.0, 10, quiet=True)
+        with pytest.raises(InputError, match=lacks):
+            ot.train(model, energy, torch.zeros(8, 2), 300.0, steps=1, quiet=True)
+        with pytest.raises(InputError, match=lacks):
+            ot.refine.smc(model, energy, 450.0, 10)
+    assert isinstance(GaussianModel(), BoltzmannModel)
+    assert not isinstance(object(), BoltzmannModel)
+    assert check_model(GaussianModel()) is not None
