@@ -7,8 +7,9 @@ layers maps them to a :class:`~.BoxPrior` sample. Everything is conditioned on
 ``c = log(T / T0)`` through smooth networks, so ``∂ log p / ∂T`` (and its gradient with
 respect to the parameters, as TRADE needs) comes from autograd.
 
-It implements the model protocol of ``docs/ARCHITECTURE.md``: ``sample(n, temperature)
--> (x, log_p)``, ``log_prob(x, temperature)``, ``temperature_range``,
+It implements the model protocol :class:`openmm_trade.model.BoltzmannModel`:
+``sample(n, temperature, generator=None) -> (x, log_p)``, ``log_prob(x, temperature)``,
+and the optional ``temperature_range``,
 ``reference_temperature``, ``event_shape``, ``device`` and ``dtype``. Samples and log
 densities are returned in the model dtype (float32 by default).
 
