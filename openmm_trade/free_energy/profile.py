@@ -119,7 +119,8 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
     Parameters
     ----------
     model
-        Conditional density model (``sample(n, T)``, ``reference_temperature``).
+        A model of the protocol :class:`openmm_trade.model.BoltzmannModel` with a
+        ``reference_temperature`` (or give ``reference_temperature``).
     energy : openmm_trade.energy.Energy
         The potential energy.
     temperatures : sequence of float
