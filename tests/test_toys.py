@@ -135,6 +135,8 @@ def test_kl_divergence_by_quadrature():
     assert toy.kl_divergence(toy.log_density, 450.0, resolution=128) == pytest.approx(0.0,
                                                                                       abs=1e-5)
     assert toy.kl_divergence(lambda x, t: toy.log_density(x, 300.0), 600.0) > 0.1
+    with pytest.raises(InputError, match="log_prob"):
+        toy.kl_divergence(object(), 300.0)  # neither a model nor a callable
 
 
 def test_domains_build_a_conditional_flow():
