@@ -203,7 +203,11 @@ def _api_keywords(section: str) -> dict[str, inspect.Parameter]:
         from .training import train
 
         function = train
-    params = inspect.signature(function).parameters
+    params = dict(inspect.signature(function).parameters)
+    if section == "model":  # for_system takes the architecture's fields as **overrides
+        from .flow import FlowArchitecture
+
+        params.update(inspect.signature(FlowArchitecture).parameters)
     return {
         name: p for name, p in params.items()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in _RESERVED[section]

@@ -1,5 +1,7 @@
 """Accuracy metrics: effective sample size, overlap σ, Ramachandran KL, energy distances, Δf.
 
+``effective_sample_size`` is :func:`openmm_trade.importance.effective_sample_size`.
+
 Example
 -------
 >>> import numpy as np
@@ -17,42 +19,8 @@ import scipy.stats
 import torch
 
 from .errors import InputError
+from .importance import effective_sample_size
 from .units import beta_from_temperature, check_temperature
-
-
-def effective_sample_size(log_weights, fraction: bool = True) -> float:
-    """Kish effective sample size ``(Σw)² / Σw²`` of importance weights given as logs.
-
-    Parameters
-    ----------
-    log_weights : array-like, shape (n,)
-        Unnormalised log-weights; ``-inf`` (failed samples) counts as weight zero.
-    fraction : bool
-        Return ESS / n (default, the convention of openmm_trade) instead of the count.
-
-    Returns
-    -------
-    float
-        In [1/n, 1] as a fraction (0 if every weight is zero).
-
-    Examples
-    --------
-    >>> effective_sample_size([0.0, 0.0, -np.inf, -np.inf])
-    0.5
-    >>> effective_sample_size([0.0, 0.0, -np.inf, -np.inf], fraction=False)
-    2.0
-    """
-    log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
-    if log_weights.size == 0:
-        raise InputError("log_weights must hold at least one value, got an empty array")
-    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
-        raise InputError("log_weights must be finite or -inf, got NaN or +inf")
-    finite = np.isfinite(log_weights)
-    if not finite.any():
-        return 0.0
-    w = np.exp(log_weights[finite] - log_weights[finite].max())
-    count = float(w.sum() ** 2 / (w ** 2).sum())
-    return count / log_weights.size if fraction else count
 
 
 def overlap_log_weights(model, energy, frames, temperature: float, energies=None,

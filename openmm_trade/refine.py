@@ -64,7 +64,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .metrics import effective_sample_size
+from .importance import effective_sample_size, log_mean_exp, log_sum_exp, normalized_weights
+from .model import check_model
 from .sampling import WeightedTrajectory, _show_progress, systematic_resample
 from .units import KB, check_temperature
 
@@ -217,12 +218,13 @@ class _Space:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def for_model(cls, model, energy, temperature: float, chunk_size: int) -> _Space:
+        check_model(model)
         flow = getattr(model, "flow", None)
         coordinates = getattr(model, "coordinates", None)
         if flow is None or coordinates is None:
             flow, coordinates = model, None
         domains = getattr(flow, "domains", None)
-        if domains is None or not hasattr(flow, "log_prob"):
+        if domains is None:
             raise InputError("model must be an openmm_trade TemperatureFlow or "
                              f"flow.ConditionalFlow (with domains), got {type(model).__name__}")
 
@@ -469,14 +471,6 @@ class _Mover:
 
 
 # ---------------------------------------------------------------------------- SMC
-def _logsumexp(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return -math.inf
-    top = finite.max()
-    return float(top + np.log(np.exp(finite - top).sum()))
-
-
 def _next_level(b: float, log_w: np.ndarray, delta: np.ndarray, target: float,
                 levels_left: int) -> float:
     """Next b: conditional ESS of the increment ``db·delta`` equal to ``target``."""
@@ -485,8 +479,8 @@ def _next_level(b: float, log_w: np.ndarray, delta: np.ndarray, target: float,
 
     def cess(db: float) -> float:
         a = log_w + db * delta
-        return math.exp(2 * _logsumexp(a) - _logsumexp(log_w + 2 * db * delta)
-                        - _logsumexp(log_w))
+        return math.exp(2 * log_sum_exp(a) - log_sum_exp(log_w + 2 * db * delta)
+                        - log_sum_exp(log_w))
 
     if cess(remaining) >= target:
         return 1.0
@@ -510,7 +504,7 @@ class _Islands:
     def reweight(self, increments: np.ndarray) -> None:
         for r, g in enumerate(self.groups):
             new = self.log_w[g] + increments[g]
-            total = _logsumexp(new)
+            total = log_sum_exp(new)
             self.log_z[r] += total
             self.log_w[g] = new - total if math.isfinite(total) else -math.inf
 
@@ -520,7 +514,7 @@ class _Islands:
 
     def combined_log_weights(self) -> np.ndarray:
         """Normalised log-weights of the union, island ``r`` weighed by ``Z_r``."""
-        share = self.log_z - _logsumexp(self.log_z)
+        share = self.log_z - log_sum_exp(self.log_z)
         return self.log_w + np.concatenate([np.full(len(g), s)
                                             for g, s in zip(self.groups, share, strict=True)])
 
@@ -541,7 +535,7 @@ class _Islands:
 
     def log_partition(self) -> tuple[float, float]:
         """``ln mean_r Z_r`` and its standard error (delta method; NaN for one island)."""
-        estimate = _logsumexp(self.log_z) - math.log(len(self.log_z))
+        estimate = log_mean_exp(self.log_z)
         if len(self.log_z) < 2 or not math.isfinite(estimate):
             return estimate, math.nan
         ratio = np.exp(self.log_z - estimate)
@@ -748,7 +742,7 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
             log_weights, log_z = np.zeros(len(x)), 0.0
         else:
             log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
-            log_z = _logsumexp(log_weights) - math.log(len(log_weights))
+            log_z = log_mean_exp(log_weights)
     if temperature is None:
         raise InputError("temperature must be given (in K) for array samples")
     temperature = check_temperature(temperature)
@@ -762,8 +756,7 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
     if n < 1:
         raise InputError(f"n must be a positive number of samples, got {n}")
     gen, rng, seed = _seeded(seed)
-    weights = np.exp(log_weights - _logsumexp(log_weights))
-    weights[~np.isfinite(log_weights)] = 0.0
+    weights = normalized_weights(log_weights)
     index = systematic_resample(weights, n, rng)
     x = x[index]
     space = (_Space.for_model(model, energy, temperature, options.chunk_size) if model is not None

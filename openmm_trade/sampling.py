@@ -24,7 +24,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -39,7 +38,8 @@ import torch
 
 from .errors import InputError
 from .files import atomic_write_path
-from .metrics import effective_sample_size
+from .importance import effective_sample_size, log_mean_exp, normalized_weights
+from .model import check_model
 from .units import KB, check_temperature
 
 PathLike = str | os.PathLike
@@ -63,21 +63,6 @@ def log_importance_weights(energies, log_prob, temperature: float) -> np.ndarray
         log_w = -energies / (KB * temperature) - log_prob
     log_w[~(np.isfinite(energies) & np.isfinite(log_prob))] = -np.inf
     return log_w
-
-
-def normalized_weights(log_weights) -> np.ndarray:
-    """Weights ``exp(log w)`` normalised to sum 1 (all zero if no weight is finite).
-
-    >>> normalized_weights([0.0, np.log(3.0)]).round(3).tolist()
-    [0.25, 0.75]
-    """
-    log_weights = np.asarray(log_weights, dtype=np.float64)
-    finite = np.isfinite(log_weights)
-    if not finite.any():
-        return np.zeros_like(log_weights)
-    w = np.exp(log_weights - log_weights[finite].max())
-    w[~finite] = 0.0
-    return w / w.sum()
 
 
 def systematic_resample(weights, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -246,11 +231,7 @@ class WeightedTrajectory:
     @property
     def log_partition_estimate(self) -> float:
         """``ln Z(β) ≈ ln mean(w)``, the importance-sampling estimate (``-f(β)``)."""
-        finite = np.isfinite(self.log_weights)
-        if not finite.any():
-            return -math.inf
-        top = self.log_weights[finite].max()
-        return float(top + np.log(np.exp(self.log_weights[finite] - top).sum()) - np.log(len(self)))
+        return log_mean_exp(self.log_weights)
 
     @property
     def refinement(self) -> dict | None:
@@ -501,7 +482,9 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     Parameters
     ----------
     model
-        A conditional density model with ``sample(n, T) -> (x, log_p)`` (``flow`` API).
+        A model of the protocol :class:`openmm_trade.model.BoltzmannModel` (only
+        ``sample(n, T, generator=None) -> (x, log_p)`` is used; ``log_prob`` too with
+        ``refine``).
         Molecular models expose ``.system`` (a ``MolecularSystem``) and give trajectories.
     energy : openmm_trade.energy.Energy
         Batched potential energy in kJ/mol (``+inf`` for failed evaluations).
@@ -514,9 +497,9 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     output : path, optional
         Stream the samples to this ``.h5`` file (for ~10⁶ samples).
     seed : int, optional
-        Seed of the draw: passed as a seeded ``torch.Generator`` to ``model.sample`` when
-        it accepts one (the flows do), and set in a forked global RNG state otherwise (the
-        global state is untouched). The same seed gives the same samples.
+        Seed of the draw: passed as a seeded ``torch.Generator`` to ``model.sample``, and
+        also set in a forked global RNG state (the caller's global state is untouched).
+        The same seed gives the same samples.
     quiet : bool
         No progress bar (also quiet when stderr is not a TTY).
     clip_log_weights : float, optional
@@ -542,6 +525,7 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     >>> len(wt), wt.n_failed, 0.0 < wt.ess <= 1.0
     (1000, 0, True)
     """
+    check_model(model, "sample")
     temperature = check_temperature(temperature)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
@@ -568,13 +552,11 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     samples, energies, log_probs = [], [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))
-        draw_options = {}
+        generator = None
         if seed is not None:
-            torch.manual_seed(seed)
-            if "generator" in inspect.signature(model.sample).parameters:
-                generator = torch.Generator(device=getattr(model, "device", "cpu"))
-                generator.manual_seed(int(seed))
-                draw_options["generator"] = generator
+            torch.manual_seed(seed)  # for models that also draw from torch's global generator
+            generator = torch.Generator(device=getattr(model, "device", "cpu"))
+            generator.manual_seed(int(seed))
         writer = None
         if output is not None:
             tmp = stack.enter_context(atomic_write_path(output))
@@ -585,7 +567,7 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
         running = _RunningESS()
         while done < n:
             m = min(int(chunk_size), int(n) - done)
-            x, log_p = model.sample(m, temperature, **draw_options)
+            x, log_p = model.sample(m, temperature, generator=generator)
             u = energy(x).detach().cpu().numpy().astype(np.float64)
             x = x.detach().cpu().numpy()
             log_p = log_p.detach().cpu().numpy().astype(np.float64)

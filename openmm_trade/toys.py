@@ -48,6 +48,7 @@ import torch
 from .energy import Energy
 from .errors import InputError
 from .flow.domain import Domain
+from .model import LogDensityModel
 from .units import KB, beta_from_temperature, check_temperature
 
 __all__ = ["ToyEnergy", "HarmonicOscillator", "DoubleWell1D", "TorsionBond2D"]
@@ -314,7 +315,10 @@ class ToyEnergy(Energy):
         0.0
         """
         temperature = _scalar_temperature(temperature)
-        log_prob: Callable = model.log_prob if hasattr(model, "log_prob") else model
+        if not (isinstance(model, LogDensityModel) or callable(model)):
+            raise InputError("model must have log_prob(x, temperature) or be a callable "
+                             f"(x, temperature) -> log p, got {type(model).__name__}")
+        log_prob: Callable = model.log_prob if isinstance(model, LogDensityModel) else model
         dtype = getattr(model, "dtype", torch.float64)
         device = getattr(model, "device", "cpu")
         points, energies, log_w, _ = self._log_grid_weights(temperature, resolution)

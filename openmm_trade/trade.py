@@ -53,7 +53,6 @@ Example
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -63,7 +62,7 @@ import torch.nn.functional as F
 
 from .energy import Energy
 from .errors import CheckpointError, InputError
-from .metrics import effective_sample_size
+from .importance import effective_sample_size
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
 
 __all__ = [
@@ -100,10 +99,10 @@ def _choice(value, name: str, options: tuple[str, ...]) -> str:
 
 
 def draw_samples(model, n: int, temperature, generator: torch.Generator | None = None):
-    """``model.sample(n, temperature)``, passing ``generator`` when the model accepts one.
+    """``model.sample(n, temperature, generator=generator)`` of a model of the protocol.
 
-    Models of ``openmm_trade.flow`` take a ``generator`` keyword; other models of the
-    protocol draw from their own source of randomness.
+    ``generator=None`` lets the model draw from its own source of randomness (see
+    :class:`openmm_trade.model.BoltzmannModel`).
 
     Examples
     --------
@@ -113,16 +112,7 @@ def draw_samples(model, n: int, temperature, generator: torch.Generator | None =
     >>> x.shape, log_p.shape
     (torch.Size([3, 1]), torch.Size([3]))
     """
-    if generator is not None and _accepts_generator(model):
-        return model.sample(n, temperature, generator=generator)
-    return model.sample(n, temperature)
-
-
-def _accepts_generator(model) -> bool:
-    try:
-        return "generator" in inspect.signature(model.sample).parameters
-    except (TypeError, ValueError):
-        return False
+    return model.sample(n, temperature, generator=generator)
 
 
 def _model_dtype(model) -> torch.dtype:
@@ -162,7 +152,8 @@ def beta_derivative(model, x: torch.Tensor, beta: torch.Tensor, create_graph: bo
     Examples
     --------
     >>> from openmm_trade.flow import ConditionalFlow, Domain
-    >>> model = ConditionalFlow([Domain.interval(-1.0, 1.0)], 300.0, (300.0, 600.0))
+    >>> model = ConditionalFlow([Domain.interval(-1.0, 1.0)], 300.0, (300.0, 600.0),
+    ...                         prior="uniform", widen_prior=False)
     >>> beta = torch.full((2,), 0.3, dtype=torch.float64)
     >>> log_p, d = beta_derivative(model, torch.zeros(2, 1), beta, create_graph=False)
     >>> d.abs().max().item()  # a fresh flow is uniform at every temperature
@@ -186,7 +177,8 @@ def trade_residual(model, x, beta, energies, mean_energies, scale: float = 1.0,
     Examples
     --------
     >>> from openmm_trade.flow import ConditionalFlow, Domain
-    >>> model = ConditionalFlow([Domain.interval(-1.0, 1.0)], 300.0, (300.0, 600.0))
+    >>> model = ConditionalFlow([Domain.interval(-1.0, 1.0)], 300.0, (300.0, 600.0),
+    ...                         prior="uniform", widen_prior=False)
     >>> beta = torch.full((2,), 0.3, dtype=torch.float64)
     >>> u = torch.tensor([1.0, 3.0], dtype=torch.float64)
     >>> trade_residual(model, torch.zeros(2, 1), beta, u, u.mean(), create_graph=False)

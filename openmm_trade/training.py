@@ -93,6 +93,7 @@ from .errors import CheckpointError, InputError, OpenMMTradeError, one_line
 from .files import PathLike, atomic_write_path, unreadable_torch_file, write_text_atomic
 from .md.trajectory import CHAIN_ATTRIBUTE
 from .metrics import overlap_log_weights
+from .model import check_model
 from .trade import EVALUATION_POINTS, TradeObjective
 from .units import beta_from_temperature, check_temperature, temperature_from_beta
 
@@ -552,10 +553,7 @@ class Trainer:
     ) -> None:
         if not isinstance(energy, Energy):
             raise InputError(f"energy must be an openmm_trade Energy, got {type(energy).__name__}")
-        for attribute in ("sample", "log_prob", "temperature_range"):
-            if not hasattr(model, attribute):
-                raise InputError(f"model must follow the flow protocol (missing {attribute!r}), "
-                                 f"got {type(model).__name__}")
+        check_model(model, "sample", "log_prob", "temperature_range")
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.energy = model, energy

@@ -65,8 +65,9 @@ class GaussianModel:
         return (-0.5 * (x / sigma).pow(2).sum(-1)
                 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi))
 
-    def sample(self, n, temperature):
-        x = torch.randn(n, *self.event_shape, dtype=torch.float64) * self._sigma(temperature)
+    def sample(self, n, temperature, generator=None):
+        x = torch.randn(n, *self.event_shape, dtype=torch.float64,
+                        generator=generator) * self._sigma(temperature)
         return x, self.log_prob(x, temperature)
 
 
@@ -131,8 +132,9 @@ class PerturbedFramesModel:
                      - dof * math.log(self.sigma) - 0.5 * dof * math.log(2 * math.pi))
         return torch.logsumexp(log_gauss, dim=1) - math.log(self.frames.shape[0])
 
-    def sample(self, n, temperature):
-        index = torch.randint(self.frames.shape[0], (n,))
+    def sample(self, n, temperature, generator=None):
+        index = torch.randint(self.frames.shape[0], (n,), generator=generator)
         x = self.frames[index] + self.sigma * torch.randn(n, *self.event_shape,
-                                                          dtype=torch.float64)
+                                                          dtype=torch.float64,
+                                                          generator=generator)
         return x.to(torch.float32), self.log_prob(x)

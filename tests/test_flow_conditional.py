@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openmm_trade.errors import InputError
-from openmm_trade.flow import ConditionalFlow, Domain
+from openmm_trade.flow import ConditionalFlow, Domain, FlowArchitecture
 
 torch.set_num_threads(1)
 T_RANGE = (300.0, 600.0)
@@ -29,7 +29,8 @@ def toy_flow(dtype=torch.float64, prior="uniform", widen=False, seed=0, scale=0.
     """One torsion and one bond-like coordinate, randomised."""
     domains = [Domain.circular(), Domain.interval(0.1, 0.3, loc=0.2, scale=0.03)]
     flow = ConditionalFlow(domains, 300.0, T_RANGE, hidden=24, depth=2, n_blocks=2, n_bins=6,
-                           prior=prior, widen_prior=widen, seed=seed, dtype=dtype)
+                           prior=prior, widen_prior=widen, prior_floor=0.0, seed=seed,
+                           dtype=dtype)
     return randomize(flow, scale=scale, seed=seed)
 
 
@@ -138,7 +139,8 @@ def test_same_seed_gives_same_samples():
 
 def test_identity_initialisation_is_the_prior():
     domains = [Domain.circular(), Domain.interval(-2.0, 2.0), Domain.real(0.0, 0.5)]
-    model = ConditionalFlow(domains, 300.0, T_RANGE, hidden=8, n_blocks=2)
+    model = ConditionalFlow(domains, 300.0, T_RANGE, hidden=8, n_blocks=2,
+                            prior="uniform", widen_prior=False, prior_floor=0.0)
     x, log_p = model.sample(50, 500.0)
     expected = -math.log(2 * math.pi) - math.log(4.0) - math.log(0.5)
     assert torch.allclose(log_p, torch.full_like(log_p, expected), atol=1e-5)
@@ -175,7 +177,8 @@ def arc_flow():
     domains = [Domain.arc(2.5, 2.5 + 1.6, loc=math.pi, scale=0.2),
                Domain.interval(0.1, 0.3, loc=0.2, scale=0.03)]
     flow = ConditionalFlow(domains, 300.0, T_RANGE, hidden=16, n_blocks=2, n_bins=6,
-                           prior="truncated_normal", seed=2, dtype=torch.float64)
+                           prior="truncated_normal", widen_prior=False, prior_floor=0.0, seed=2,
+                           dtype=torch.float64)
     return randomize(flow, scale=0.2, seed=2)
 
 
@@ -234,7 +237,8 @@ def test_maximum_likelihood_fit_learns_a_double_well():
     data = torch.cat([0.3 * torch.randn(1000, 1, generator=g) - 1.0,
                       0.3 * torch.randn(1000, 1, generator=g) + 1.0]).clamp(-1.99, 1.99)
     model = ConditionalFlow([Domain.interval(-2.0, 2.0)], 300.0, (300.0, 300.0), hidden=32,
-                            n_blocks=2, n_bins=8, seed=0)
+                            n_blocks=2, n_bins=8, seed=0, prior="uniform", widen_prior=False,
+                            prior_floor=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(150):
         optimizer.zero_grad()
@@ -255,3 +259,19 @@ def test_config_rebuilds_the_same_model(flow):
     assert torch.equal(clone.log_prob(x, 333.0), flow.log_prob(x, 333.0))
     assert flow.event_shape == (2,) and flow.dtype == torch.float64
     assert flow.device == torch.device("cpu")
+
+
+def test_architecture_defaults_and_validation():
+    flow = ConditionalFlow([Domain.interval(-1.0, 1.0)], 300.0, (300.0, 600.0))
+    assert flow.architecture == FlowArchitecture()  # the product defaults, as for_system's
+    assert (flow.architecture.hidden, flow.architecture.n_blocks) == (64, 3)
+    assert len(flow.couplings) == 3  # one coordinate: one layer per block
+    clone = ConditionalFlow(**flow.config)
+    assert clone.architecture == flow.architecture
+    for bad, match in [({"hidden": 0}, "hidden"), ({"n_bins": True}, "n_bins"),
+                       ({"prior": "gaussian"}, "prior"), ({"widths": 3}, "widths"),
+                       ({"prior": "uniform"}, "widen_prior"), ({"prior_floor": 1.0}, "floor")]:
+        with pytest.raises(InputError, match=match):
+            ConditionalFlow([Domain.circular()], 300.0, (300.0, 600.0), **bad)
+    with pytest.raises(InputError, match="architecture must be"):
+        ConditionalFlow([Domain.circular()], 300.0, (300.0, 600.0), 32)  # the old hidden

@@ -12,7 +12,7 @@ from test_flow_conditional import randomize
 
 import openmm_trade as ot
 from openmm_trade.errors import CheckpointError, InputError
-from openmm_trade.flow import TemperatureFlow
+from openmm_trade.flow import FlowArchitecture, TemperatureFlow
 
 torch.set_num_threads(1)
 ARCH = dict(hidden=32, depth=2, n_blocks=2, n_bins=6, seed=0)
@@ -164,3 +164,32 @@ def test_bad_inputs(model, vacuum, vacuum_frames):
 
 def test_public_export():
     assert ot.TemperatureFlow is TemperatureFlow
+
+
+def test_architecture_object_and_keywords_build_the_same_model(vacuum, vacuum_frames):
+    """for_system's defaults are FlowArchitecture's; keywords override its fields."""
+    plain = TemperatureFlow.for_system(vacuum, vacuum_frames, (300.0, 600.0))
+    assert plain.flow.architecture == FlowArchitecture()
+    arch = FlowArchitecture(hidden=16, n_blocks=1, prior_floor=0.05)
+    by_object = TemperatureFlow.for_system(vacuum, vacuum_frames, (300.0, 600.0),
+                                           architecture=arch)
+    by_keywords = TemperatureFlow.for_system(vacuum, vacuum_frames, (300.0, 600.0),
+                                             hidden=16, n_blocks=1, prior_floor=0.05)
+    assert by_object.flow.config == by_keywords.flow.config
+    assert by_keywords.flow.architecture == arch and by_keywords.flow.prior.floor == 0.05
+    assert len(by_keywords.flow.couplings) < len(plain.flow.couplings)
+    with pytest.raises(InputError, match="hiden"):
+        TemperatureFlow.for_system(vacuum, vacuum_frames, (300.0, 600.0), hiden=16)
+
+
+def test_model_saved_without_prior_floor_loads_without_one(model, vacuum, tmp_path):
+    """Files written before the prior floor was stored were built with floor 0."""
+    path = tmp_path / "old.pt"
+    model.save(path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["prior_floor"] == model.flow.prior.floor == 0.01
+    del payload["config"]["prior_floor"]
+    torch.save(payload, path)
+    loaded = TemperatureFlow.load(path, vacuum)
+    assert loaded.flow.prior.floor == 0.0
+    assert loaded.flow.architecture == model.flow.architecture.replace(prior_floor=0.0)

@@ -34,7 +34,7 @@ def poor_flows():
 
 def make_flow(domains) -> ConditionalFlow:
     return ConditionalFlow(domains, T, (T, 600.0), hidden=8, n_blocks=1, seed=0,
-                           prior="truncated_normal")
+                           prior="truncated_normal", widen_prior=False, prior_floor=0.0)
 
 
 def marginal_cdf(toy, k: int):

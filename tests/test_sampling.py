@@ -17,7 +17,9 @@ from analytic import (
 
 import openmm_trade as ot
 from openmm_trade.errors import InputError
+from openmm_trade.model import BoltzmannModel, check_model
 from openmm_trade.sampling import WeightedTrajectory, sample, systematic_resample
+from openmm_trade.toys import HarmonicOscillator
 from openmm_trade.units import KB
 
 
@@ -245,7 +247,8 @@ def test_sample_conditional_flow_toy():
 
     energy = HarmonicOscillator(spring_constant=100.0, dim=2)
     model = ConditionalFlow([Domain.real(-1.0, 1.0)] * 2, reference_temperature=300.0,
-                            temperature_range=(300.0, 600.0), hidden=16, n_blocks=1, seed=0)
+                            temperature_range=(300.0, 600.0), hidden=16, n_blocks=1, seed=0,
+                            prior="uniform", widen_prior=False, prior_floor=0.0)
     wt = sample(model, energy, 450.0, 300, chunk_size=128, seed=0, quiet=True)
     assert wt.samples.dtype == np.float32 and wt.log_prob.dtype == np.float64
     x = torch.from_numpy(wt.samples)
@@ -275,10 +278,31 @@ def test_same_seed_same_samples_with_a_flow():
 
     energy = HarmonicOscillator(spring_constant=50.0, dim=1, window=3.0)
     flow = ConditionalFlow([Domain.interval(-3.0, 3.0)], 300.0, (300.0, 600.0), hidden=8,
-                           n_blocks=1)
+                           n_blocks=1, prior="uniform", widen_prior=False, prior_floor=0.0)
     first = ot.sample(flow, energy, temperature=400.0, n=50, seed=11, quiet=True)
     flow.sample(7, 400.0)  # advance the flow's own generator in between
     second = ot.sample(flow, energy, temperature=400.0, n=50, seed=11, quiet=True)
     other = ot.sample(flow, energy, temperature=400.0, n=50, seed=12, quiet=True)
     assert np.array_equal(first.samples, second.samples)
     assert not np.array_equal(first.samples, other.samples)
+
+
+def test_objects_outside_the_model_protocol_get_one_clear_error():
+    """ot.sample, ot.train and refinement name what a model lacks, in one InputError."""
+    energy = HarmonicOscillator(spring_constant=100.0, dim=2)
+
+    class NoGenerator(GaussianModel):
+        def sample(self, n, temperature):  # the protocol's sample takes generator=
+            return super().sample(n, temperature)
+
+    for model, lacks in [(object(), "lacks sample"),
+                         (NoGenerator(), "lacks a generator= keyword in sample")]:
+        with pytest.raises(InputError, match=lacks):
+            sample(model, energy, 450.0, 10, quiet=True)
+        with pytest.raises(InputError, match=lacks):
+            ot.train(model, energy, torch.zeros(8, 2), 300.0, steps=1, quiet=True)
+        with pytest.raises(InputError, match=lacks):
+            ot.refine.smc(model, energy, 450.0, 10)
+    assert isinstance(GaussianModel(), BoltzmannModel)
+    assert not isinstance(object(), BoltzmannModel)
+    assert check_model(GaussianModel()) is not None

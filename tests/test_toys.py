@@ -135,11 +135,14 @@ def test_kl_divergence_by_quadrature():
     assert toy.kl_divergence(toy.log_density, 450.0, resolution=128) == pytest.approx(0.0,
                                                                                       abs=1e-5)
     assert toy.kl_divergence(lambda x, t: toy.log_density(x, 300.0), 600.0) > 0.1
+    with pytest.raises(InputError, match="log_prob"):
+        toy.kl_divergence(object(), 300.0)  # neither a model nor a callable
 
 
 def test_domains_build_a_conditional_flow():
     for toy in (DoubleWell1D(), TorsionBond2D(), HarmonicOscillator(dim=2)):
-        flow = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1)
+        flow = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1,
+                               prior="uniform", widen_prior=False, prior_floor=0.0)
         assert flow.event_shape == toy.event_shape
         x, _ = flow.sample(64, 450.0)
         assert torch.isfinite(toy(x)).all()

@@ -83,7 +83,8 @@ def test_beta_derivative_matches_finite_differences_on_a_flow():
     """The derivative is with respect to β, although the network is fed log(T/T0)."""
     toy = DoubleWell1D()
     model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=2,
-                            seed=3, dtype=torch.float64)
+                            seed=3, dtype=torch.float64, prior="uniform", widen_prior=False,
+                            prior_floor=0.0)
     with torch.no_grad():  # make the flow depend on the temperature
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1),
@@ -101,7 +102,8 @@ def test_beta_derivative_matches_finite_differences_on_a_flow():
 
 def test_residual_is_differentiable_in_the_parameters():
     toy = DoubleWell1D()
-    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1, seed=0)
+    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1, seed=0,
+                            prior="uniform", widen_prior=False, prior_floor=0.0)
     x = toy.sample(16, 450.0, seed=0).float()
     beta = torch.full((16,), beta_from_temperature(450.0), dtype=torch.float64)
     loss = residual_loss(trade_residual(model, x, beta, toy(x), toy.mean_energy(450.0)))

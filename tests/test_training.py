@@ -17,13 +17,17 @@ from openmm_trade.units import beta_from_temperature
 
 torch.set_num_threads(1)
 
+#: the latent prior these tests were written for (ConditionalFlow's defaults before
+#: FlowArchitecture)
+UNIFORM = dict(prior="uniform", widen_prior=False, prior_floor=0.0)
+
 #: a small configuration for toy transfer runs (about a minute each on one core)
 TRANSFER = dict(batch_size=256, trade_batch_size=128, learning_rate=3e-3, loss="huber",
                 quiet=True, seed=0)
 
 
 def _flow(toy, t0, seed=0, **arch):
-    arch = {"hidden": 32, "n_blocks": 2, "n_bins": 16} | arch
+    arch = {"hidden": 32, "n_blocks": 2, "n_bins": 16, **UNIFORM} | arch
     return ConditionalFlow(toy.domains, t0, (300.0, 600.0), seed=seed, **arch)
 
 
@@ -98,7 +102,7 @@ SMALL = dict(steps=20, batch_size=64, trade_batch_size=32, warmup_steps=6, ramp_
 
 def _small_model():
     return ConditionalFlow(DoubleWell1D().domains, 300.0, (300.0, 600.0), hidden=8,
-                           n_blocks=1, seed=0)
+                           n_blocks=1, seed=0, **UNIFORM)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +168,7 @@ OVERFIT = dict(steps=206, warmup_steps=200, ramp_steps=3, trade_weight=0.3, batc
 def _overfit_setup():
     toy = DoubleWell1D()
     model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=32, n_blocks=2,
-                            n_bins=32, seed=0)
+                            n_bins=32, seed=0, **UNIFORM)
     return model, toy, toy.sample(40, 300.0, seed=2)
 
 
@@ -254,7 +258,8 @@ def test_nonfinite_energy_skips_the_step_and_is_counted(well_data):
 
 def test_reverse_kl_boundary_without_data():
     toy = HarmonicOscillator(spring_constant=100.0, dim=2, window=2.0)
-    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=1, seed=0)
+    model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=1, seed=0,
+                            **UNIFORM)
     kl_before = toy.kl_divergence(model, 300.0, resolution=64)
     history = train(model, toy, None, 300.0, steps=100, batch_size=128, trade_batch_size=32,
                     warmup_steps=80, ramp_steps=10, learning_rate=1e-2, quiet=True)
@@ -348,7 +353,7 @@ def test_reverse_kl_term_rescues_a_tiny_data_set(data_seed):
     kls = {}
     for weight in (0.0, 1.0):
         model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=16, n_blocks=2,
-                                n_bins=8, seed=0)
+                                n_bins=8, seed=0, **UNIFORM)
         history = train(model, toy, data, 300.0, steps=300, batch_size=64, trade_weight=0.0,
                         kl_weight=weight, kl_start=50, learning_rate=5e-3, quiet=True)
         assert history.skipped_steps == 0
@@ -366,7 +371,8 @@ def test_weight_decay_and_kl_options_are_validated(well_data):
 
 @pytest.mark.parametrize("t0", [300.0, 450.0, 600.0])
 def test_condition_schedule_widens_from_t0(t0, well_data):
-    model = ConditionalFlow(DoubleWell1D().domains, t0, (300.0, 600.0), hidden=8, n_blocks=1)
+    model = ConditionalFlow(DoubleWell1D().domains, t0, (300.0, 600.0), hidden=8, n_blocks=1,
+                            **UNIFORM)
     trainer = Trainer(model, DoubleWell1D(), well_data, t0, steps=100, warmup_steps=20,
                       ramp_steps=30, trade_weight=1.0, quiet=True)
     beta0 = beta_from_temperature(t0)

@@ -1,5 +1,6 @@
 """The conditional flow: splines, couplings, priors, ConditionalFlow and TemperatureFlow.
 
+* :class:`FlowArchitecture` holds the width, depth and prior that both flows take.
 * :class:`Domain` describes the support of one coordinate (real, interval, circular).
 * :class:`ConditionalFlow` is a temperature-conditioned spline flow on flat vectors
   (toy systems, and the latent part of a molecular model).
@@ -17,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+from .architecture import FlowArchitecture
 from .conditional import ConditionalFlow, alternating_layers
 from .domain import Domain
 from .priors import BoxPrior
@@ -26,6 +28,7 @@ __all__ = [
     "BoxPrior",
     "ConditionalFlow",
     "Domain",
+    "FlowArchitecture",
     "TemperatureFlow",
     "alternating_layers",
     "coupling_pattern",

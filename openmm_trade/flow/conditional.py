@@ -7,8 +7,9 @@ layers maps them to a :class:`~.BoxPrior` sample. Everything is conditioned on
 ``c = log(T / T0)`` through smooth networks, so ``∂ log p / ∂T`` (and its gradient with
 respect to the parameters, as TRADE needs) comes from autograd.
 
-It implements the model protocol of ``docs/ARCHITECTURE.md``: ``sample(n, temperature)
--> (x, log_p)``, ``log_prob(x, temperature)``, ``temperature_range``,
+It implements the model protocol :class:`openmm_trade.model.BoltzmannModel`:
+``sample(n, temperature, generator=None) -> (x, log_p)``, ``log_prob(x, temperature)``,
+and the optional ``temperature_range``,
 ``reference_temperature``, ``event_shape``, ``device`` and ``dtype``. Samples and log
 densities are returned in the model dtype (float32 by default).
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..units import check_temperature
+from .architecture import FlowArchitecture
 from .conditioner import condition_features
 from .couplings import SplineCoupling
 from .domain import Domain
@@ -80,30 +82,21 @@ class ConditionalFlow(nn.Module):
         ``T0`` in K; the networks see ``log(T / T0)``.
     temperature_range : tuple of float
         ``(T_min, T_max)`` in K the model is trained for; outside it the model warns.
-    hidden : int
-        Conditioner width (default 128).
-    depth : int
-        Conditioner hidden layers (default 2).
-    n_blocks : int
-        Number of repetitions of the coupling pattern (default 4).
-    n_bins : int
-        Spline bins (default 8).
+    architecture : FlowArchitecture or dict, optional
+        Width, depth, spline bins and latent prior (default :class:`~.FlowArchitecture`'s
+        defaults). The truncated-normal prior of a bounded coordinate is centred on its
+        domain's ``loc`` with its ``scale`` (default mid-interval, width / 4).
     layers : list of blocks, optional
         Coupling pattern: each block is a list of layers ``(transformed, conditioning)``
         (coordinate index lists); block ``b`` of ``n_blocks`` is ``layers[b % len(layers)]``.
         Default: :func:`alternating_layers`.
-    prior : str
-        ``"uniform"`` (default) or ``"truncated_normal"`` for bounded coordinates, centred
-        on each domain's ``loc`` with its ``scale`` (default mid-interval, width / 4).
-    widen_prior : bool
-        Widen the truncated-normal prior as ``sqrt(T / T0)`` (default off).
-    prior_floor : float
-        Weight of the uniform density mixed into each truncated normal (default 0; see
-        :class:`~.BoxPrior`).
     seed : int
         Seed of the initial weights and of the model's own sampling generator.
     device, dtype
         Where and in what precision the flow runs (default CPU, float32).
+    **overrides
+        Fields of :class:`~.FlowArchitecture` (``hidden=``, ``n_blocks=``, ``prior=``, ...)
+        that replace those of ``architecture``.
 
     Notes
     -----
@@ -129,19 +122,16 @@ class ConditionalFlow(nn.Module):
         domains: Sequence[Domain],
         reference_temperature: float,
         temperature_range: tuple[float, float],
-        hidden: int = 128,
-        depth: int = 2,
-        n_blocks: int = 4,
-        n_bins: int = 8,
+        architecture: FlowArchitecture | dict | None = None,
+        *,
         layers: Sequence[Block] | None = None,
-        prior: str = "uniform",
-        widen_prior: bool = False,
-        prior_floor: float = 0.0,
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        **overrides,
     ):
         super().__init__()
+        arch = FlowArchitecture.resolve(architecture, overrides)
         domains = [Domain.from_dict(d) if isinstance(d, dict) else d for d in domains]
         if not domains or not all(isinstance(d, Domain) for d in domains):
             raise InputError("domains must be a non-empty sequence of flow.Domain entries")
@@ -156,10 +146,6 @@ class ConditionalFlow(nn.Module):
             ) from None
         if not t_min <= t_max:
             raise InputError(f"temperature_range must have T_min <= T_max, got {temperature_range}")
-        for name, value in (("hidden", hidden), ("depth", depth), ("n_blocks", n_blocks),
-                            ("n_bins", n_bins)):
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive int, got {value!r}")
         n = len(domains)
         blocks = alternating_layers(n) if layers is None else [
             [(list(map(int, t)), list(map(int, c))) for t, c in block] for block in layers]
@@ -177,11 +163,9 @@ class ConditionalFlow(nn.Module):
         self.temperature_range = (t_min, t_max)
         self.event_shape = (n,)
         self.seed = int(seed)
-        self._config = dict(hidden=hidden, depth=depth, n_blocks=n_blocks, n_bins=n_bins,
-                            layers=None if layers is None else [
-                                [[t, c] for t, c in block] for block in blocks],
-                            prior=prior, widen_prior=widen_prior, prior_floor=prior_floor,
-                            seed=self.seed)
+        self.architecture = arch
+        self._config = dict(arch.to_dict(), layers=None if layers is None else [
+            [[t, c] for t, c in block] for block in blocks], seed=self.seed)
         self.condition_scale = max(abs(math.log(t_min / t0)), abs(math.log(t_max / t0)), 0.1)
         self._warned = False
 
@@ -202,15 +186,16 @@ class ConditionalFlow(nn.Module):
         # float64 geometry, derived from the domains: plain attributes, not buffers
         self.low, self.width = low, width
         self._log_width = torch.log(width[~circular]).sum()
-        self.prior = BoxPrior(circular, prior, loc, scale, widen_prior, prior_floor)
+        self.prior = BoxPrior(circular, arch.prior, loc, scale, arch.widen_prior, arch.prior_floor)
 
         generator = torch.Generator().manual_seed(self.seed)
         couplings = []
-        for b in range(n_blocks):
+        for b in range(arch.n_blocks):
             for transformed, conditioning in blocks[b % len(blocks)]:
                 couplings.append(SplineCoupling(
-                    transformed, conditioning, circular, n_bins=n_bins, hidden=hidden,
-                    depth=depth, offset=_GOLDEN_ANGLE * (len(couplings) + 1), generator=generator,
+                    transformed, conditioning, circular, n_bins=arch.n_bins, hidden=arch.hidden,
+                    depth=arch.depth, offset=_GOLDEN_ANGLE * (len(couplings) + 1),
+                    generator=generator,
                 ))
         self.couplings = nn.ModuleList(couplings)
         self._generator: torch.Generator | None = None
@@ -352,7 +337,8 @@ class ConditionalFlow(nn.Module):
         to the parameters and to ``temperature`` when it is a tensor.
 
         >>> import torch
-        >>> flow = ConditionalFlow([Domain.interval(0.0, 4.0)], 300.0, (300.0, 300.0))
+        >>> flow = ConditionalFlow([Domain.interval(0.0, 4.0)], 300.0, (300.0, 300.0),
+        ...                        prior="uniform", widen_prior=False, prior_floor=0.0)
         >>> flow.log_prob(torch.tensor([[1.0], [5.0]]), 300.0).tolist()  # uniform at init
         [-1.3862943649291992, -inf]
         """

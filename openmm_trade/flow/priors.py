@@ -41,6 +41,24 @@ from torch import nn
 from ..errors import InputError
 
 PRIOR_KINDS = ("uniform", "truncated_normal")
+
+
+def check_prior(kind: str, widen: bool, floor: float) -> None:
+    """Raise :class:`InputError` unless ``kind``, ``widen`` and ``floor`` make a prior.
+
+    >>> check_prior("uniform", True, 0.0)
+    Traceback (most recent call last):
+    ...
+    openmm_trade.errors.InputError: widen_prior=True needs prior='truncated_normal', got 'uniform'
+    """
+    if kind not in PRIOR_KINDS:
+        raise InputError(f"prior must be one of {PRIOR_KINDS}, got {kind!r}")
+    if widen and kind == "uniform":
+        raise InputError("widen_prior=True needs prior='truncated_normal', got 'uniform'")
+    if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
+        raise InputError(f"prior floor must be a number in [0, 1), got {floor!r}")
+
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -74,18 +92,13 @@ class BoxPrior(nn.Module):
     def __init__(self, circular: torch.Tensor, kind: str = "uniform", loc=None, scale=None,
                  widen: bool = False, floor: float = 0.0):
         super().__init__()
-        if kind not in PRIOR_KINDS:
-            raise InputError(f"prior must be one of {PRIOR_KINDS}, got {kind!r}")
-        if widen and kind == "uniform":
-            raise InputError("widen_prior=True needs prior='truncated_normal', got 'uniform'")
+        check_prior(kind, widen, floor)
         circular = torch.as_tensor(circular, dtype=torch.bool)
         n = circular.numel()
         loc = torch.full((n,), 0.5) if loc is None else torch.as_tensor(loc).reshape(n)
         scale = torch.full((n,), 0.25) if scale is None else torch.as_tensor(scale).reshape(n)
         if not torch.all(scale[~circular] > 0):
             raise InputError("prior scale must be > 0 for every bounded coordinate")
-        if isinstance(floor, bool) or not (isinstance(floor, (int, float)) and 0 <= floor < 1):
-            raise InputError(f"prior floor must be a number in [0, 1), got {floor!r}")
         self.kind, self.widen, self.floor = kind, widen, float(floor)
         self.register_buffer("circular", circular)
         # float64 by design: plain attributes that follow the device (see _apply)

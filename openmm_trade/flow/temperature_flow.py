@@ -55,6 +55,7 @@ from ..coordinates import ANGLE_EPS, InternalCoordinates
 from ..errors import CheckpointError, InputError, one_line
 from ..files import atomic_write_path, unreadable_torch_file
 from ..system import MolecularSystem
+from .architecture import FlowArchitecture
 from .conditional import ConditionalFlow, alternating_layers
 from .domain import Domain
 
@@ -226,16 +227,12 @@ class TemperatureFlow(nn.Module):
         boundary_temperature: float | None = None,
         margin: float = 0.5,
         restrict_torsions: bool = True,
-        hidden: int = 64,
-        depth: int = 2,
-        n_blocks: int = 3,
-        n_bins: int = 8,
-        prior: str = "truncated_normal",
-        widen_prior: bool = True,
-        prior_floor: float = 0.01,
+        architecture: FlowArchitecture | dict | None = None,
+        *,
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        **overrides,
     ) -> TemperatureFlow:
         """A model with data-informed coordinate intervals and priors.
 
@@ -259,19 +256,14 @@ class TemperatureFlow(nn.Module):
             Keep stiff torsions (peptide bonds, ...) on an arc around the data, i.e. in the
             boundary's isomer (see :func:`data_domains`); ``False``: every non-chiral
             torsion is circular.
-        hidden, depth, n_blocks, n_bins, prior, widen_prior, seed, device, dtype
-            Architecture, see :class:`ConditionalFlow`. ``widen_prior`` (default on here)
-            scales the latent prior's widths by ``sqrt(T / T0)``, the temperature
-            dependence of harmonic coordinates, so bonds, angles and stiff torsions start
-            out right at every temperature and TRADE only corrects the rest (vacuum alanine
-            dipeptide, 300 K → 600 K: ESS at 600 K 2.5 % with it, 0.19 % without).
-            ``prior_floor`` (default 0.01) mixes 1 % of the uniform density into each
-            bounded coordinate's prior (:class:`~.BoxPrior`), so no coordinate's tail is
-            lighter than that (600 K → 300 K: the heaviest of 5000 weights fell from
-            0.3-0.5 to 0.05-0.09, ESS 0.1-3.4 % → 1.3-2.9 % over 300-600 K). The
-            defaults (64 wide, 3 blocks, 8 bins) are the best measured for alanine
-            dipeptide from a few thousand MD frames: wider or deeper flows over-fit such
-            data (ESS at T0 falls, see ``benchmarks/results/tuning.json``).
+        architecture : FlowArchitecture or dict, optional
+            Width, depth, spline bins and latent prior; default :class:`~.FlowArchitecture`
+            (its docstring gives the measurements behind the defaults).
+        seed, device, dtype
+            See :class:`ConditionalFlow`.
+        **overrides
+            Fields of :class:`~.FlowArchitecture` (``hidden=``, ``n_blocks=``,
+            ``prior=``, ...) that replace those of ``architecture``.
 
         Returns
         -------
@@ -288,6 +280,7 @@ class TemperatureFlow(nn.Module):
         """
         if not isinstance(msys, MolecularSystem):
             raise InputError(f"msys must be a MolecularSystem, got {type(msys).__name__}")
+        architecture = FlowArchitecture.resolve(architecture, overrides)
         coordinates = InternalCoordinates.from_system(msys)
         domains = data_domains(coordinates, boundary, margin, restrict_torsions)
         if reference_temperature is None:
@@ -295,10 +288,8 @@ class TemperatureFlow(nn.Module):
                                      else temperature_range[0])
         flow = ConditionalFlow(
             domains, float(reference_temperature), tuple(float(t) for t in temperature_range),
-            hidden=hidden, depth=depth, n_blocks=n_blocks, n_bins=n_bins,
-            layers=coupling_pattern(coordinates), prior=prior, widen_prior=widen_prior,
-            prior_floor=prior_floor,
-            seed=seed, device=device, dtype=dtype,
+            architecture, layers=coupling_pattern(coordinates), seed=seed, device=device,
+            dtype=dtype,
         )
         return cls(msys, flow, coordinates)
 
@@ -415,7 +406,9 @@ class TemperatureFlow(nn.Module):
                 "was built for")
         coordinates = InternalCoordinates.from_system(msys, zmatrix=payload["zmatrix"])
         dtype = dtype or getattr(torch, payload["dtype"])
-        flow = ConditionalFlow(**payload["config"], device=device, dtype=dtype)
+        # files written before prior_floor was stored were built without a floor
+        config = {"prior_floor": 0.0, **payload["config"]}
+        flow = ConditionalFlow(**config, device=device, dtype=dtype)
         try:
             flow.load_state_dict(payload["state_dict"])
         except RuntimeError as error:

@@ -1,4 +1,7 @@
-"""Weighted samples and their bootstrap: weights, resampling multiplicities, standard errors."""
+"""Weighted samples and their bootstrap: resampling multiplicities, standard errors.
+
+The weight arithmetic itself lives in :mod:`openmm_trade.importance`.
+"""
 
 
 from __future__ import annotations
@@ -41,13 +44,6 @@ def _std(replicates: np.ndarray) -> np.ndarray:
     mean = filled.sum(axis=0) / np.maximum(count, 1)
     var = (np.where(finite, replicates - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count - 1, 1)
     return np.where(count >= 2, np.sqrt(var), np.nan)
-
-
-def _scaled_weights(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """``exp(log w - m)`` (zero for -inf) and the shift ``m``."""
-    finite = np.isfinite(log_weights)
-    shift = float(log_weights[finite].max()) if finite.any() else 0.0
-    return np.exp(log_weights - shift), shift
 
 
 def _weighted_data(data, temperature) -> tuple[np.ndarray, float | None]:

@@ -12,11 +12,12 @@ import numpy as np
 from scipy.integrate import cumulative_trapezoid
 
 from ..errors import InputError
+from ..importance import scaled_weights
 from ..mbar import MBARResult
 from ..metrics import DeltaFComparison, delta_f_difference
 from ..sampling import WeightedTrajectory, sample
 from ..units import KB, check_temperature
-from .bootstrap import _bootstrap_counts, _check_bootstrap, _scaled_weights, _std
+from .bootstrap import _bootstrap_counts, _check_bootstrap, _std
 from .tables import _Table
 
 
@@ -96,7 +97,7 @@ class _Estimate:
 
 
 def _estimate(wt: WeightedTrajectory, n_bootstrap: int, rng) -> _Estimate:
-    w, shift = _scaled_weights(wt.log_weights)
+    w, shift = scaled_weights(wt.log_weights)
     energies = np.where(np.isfinite(wt.energies), wt.energies, 0.0)
     log_z, mean, cv = _thermodynamics(np.ones(len(wt)), w, shift, energies, wt.beta)
     boot = [np.stack(_thermodynamics(c, w, shift, energies, wt.beta))
@@ -118,7 +119,8 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
     Parameters
     ----------
     model
-        Conditional density model (``sample(n, T)``, ``reference_temperature``).
+        A model of the protocol :class:`openmm_trade.model.BoltzmannModel` with a
+        ``reference_temperature`` (or give ``reference_temperature``).
     energy : openmm_trade.energy.Energy
         The potential energy.
     temperatures : sequence of float

@@ -12,8 +12,9 @@ import numpy as np
 
 from .. import cv as cvs
 from ..errors import InputError
+from ..importance import scaled_weights
 from ..sampling import WeightedTrajectory
-from .bootstrap import _bootstrap_counts, _check_bootstrap, _scaled_weights, _std, _weighted_data
+from .bootstrap import _bootstrap_counts, _check_bootstrap, _std, _weighted_data
 from .tables import _Table
 
 
@@ -121,7 +122,7 @@ def populations(data, states: Mapping[str, Callable | Sequence] | None = None, c
         samples = data.samples if isinstance(data, WeightedTrajectory) else data
         cv = cvs.ramachandran if molecular else np.asarray(samples).reshape(len(log_weights), -1)
     values = cvs.evaluate(cv, data)
-    w, _ = _scaled_weights(log_weights)
+    w, _ = scaled_weights(log_weights)
     if not (w > 0).any():
         raise InputError("data has no sample with non-zero weight")
     masks = np.stack([_state_mask(name, s, values) for name, s in states.items()], axis=1)

@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import cv as cvs
 from ..errors import InputError
+from ..importance import scaled_weights
 from ..units import KB
-from .bootstrap import _bootstrap_counts, _check_bootstrap, _scaled_weights, _std, _weighted_data
+from .bootstrap import _bootstrap_counts, _check_bootstrap, _std, _weighted_data
 
 
 @dataclass
@@ -102,7 +103,7 @@ def surface(data, cv, bins: int | Sequence[int] = 60, n_bootstrap: int = 100, ra
     k = values.shape[1]
     if k not in (1, 2):
         raise InputError(f"cv must have 1 or 2 dimensions for a surface, got {k}")
-    w, _ = _scaled_weights(log_weights)
+    w, _ = scaled_weights(log_weights)
     keep = w > 0
     if not keep.any():
         raise InputError("data has no sample with non-zero weight")
