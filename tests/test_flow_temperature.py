@@ -10,7 +10,6 @@ import pytest
 import torch
 from test_flow_conditional import randomize
 
-import openmm_trade as ot
 from openmm_trade.errors import CheckpointError, InputError
 from openmm_trade.flow import FlowArchitecture, TemperatureFlow
 
@@ -160,10 +159,6 @@ def test_bad_inputs(model, vacuum, vacuum_frames):
     mirrored[3, :, 0] *= -1  # the mirror image has the opposite handedness
     with pytest.raises(InputError, match="handedness"):
         TemperatureFlow.for_system(vacuum, mirrored, (300.0, 600.0))
-
-
-def test_public_export():
-    assert ot.TemperatureFlow is TemperatureFlow
 
 
 def test_architecture_object_and_keywords_build_the_same_model(vacuum, vacuum_frames):
