@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from . import checks
 from .energy import Energy
 from .errors import InputError
 from .flow.domain import Domain
@@ -278,7 +279,7 @@ class ToyEnergy(Energy):
         >>> x.shape
         torch.Size([5, 2])
         """
-        n = _check_count(n)
+        n = checks.integer(n, "n")
         temperature = _scalar_temperature(temperature)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         points, _, log_w, widths = self._log_grid_weights(temperature)
@@ -342,29 +343,7 @@ class ToyEnergy(Energy):
         return ""
 
 
-def _check_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n must be a positive integer, got {n!r}")
-    return int(n)
 
-
-def _check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise InputError(f"{name} must be a positive number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return value
-
-
-def _check_interval(bounds, name: str) -> tuple[float, float]:
-    try:
-        low, high = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a pair (low, high), got {bounds!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise InputError(f"{name} must be finite with low < high, got {bounds!r}")
-    return low, high
 
 
 class HarmonicOscillator(ToyEnergy):
@@ -398,7 +377,7 @@ class HarmonicOscillator(ToyEnergy):
     def __init__(self, spring_constant: float = 100.0, dim: int = 1, center=0.0,
                  window: float | None = None) -> None:
         super().__init__()
-        self.spring_constant = _check_positive(spring_constant, "spring_constant")
+        self.spring_constant = checks.number(spring_constant, "spring_constant")
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InputError(f"dim must be a positive integer, got {dim!r}")
         self.event_shape = (int(dim),)
@@ -408,7 +387,7 @@ class HarmonicOscillator(ToyEnergy):
                              f"got shape {tuple(center.shape)}")
         self.center = center.expand(int(dim)).clone()
         self.window = (10.0 * math.sqrt(KB * 1000.0 / self.spring_constant) if window is None
-                       else _check_positive(window, "window"))
+                       else checks.number(window, "window"))
 
     @property
     def domains(self) -> list[Domain]:
@@ -441,7 +420,7 @@ class HarmonicOscillator(ToyEnergy):
         return float(out[0]) if scalar else out
 
     def sample(self, n: int, temperature, seed: int | np.random.Generator | None = None):
-        n = _check_count(n)
+        n = checks.integer(n, "n")
         temperature = _scalar_temperature(temperature)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         z = rng.standard_normal((n, self.dim)) * math.sqrt(self._variance(temperature))
@@ -480,11 +459,11 @@ class DoubleWell1D(ToyEnergy):
     def __init__(self, barrier: float = 10.0, tilt: float = 2.0,
                  interval: Sequence[float] = (-2.5, 2.5)) -> None:
         super().__init__()
-        self.barrier = _check_positive(barrier, "barrier")
+        self.barrier = checks.number(barrier, "barrier")
         if not isinstance(tilt, (int, float, np.floating, np.integer)) or not math.isfinite(tilt):
             raise InputError(f"tilt must be a finite number, got {tilt!r}")
         self.tilt = float(tilt)
-        self.interval = _check_interval(interval, "interval")
+        self.interval = checks.interval(interval, "interval")
         self.event_shape = (1,)
 
     @property
@@ -546,15 +525,15 @@ class TorsionBond2D(ToyEnergy):
         bond_interval: Sequence[float] = (0.5, 1.5),
     ) -> None:
         super().__init__()
-        self.barrier = _check_positive(barrier, "barrier")
+        self.barrier = checks.number(barrier, "barrier")
         self.asymmetry = float(asymmetry)
-        self.bond_constant = _check_positive(bond_constant, "bond_constant")
+        self.bond_constant = checks.number(bond_constant, "bond_constant")
         if not -1.0 < float(stiffness_coupling) < 1.0:
             raise InputError(f"stiffness_coupling must be in (-1, 1), got {stiffness_coupling!r}")
         self.stiffness_coupling = float(stiffness_coupling)
         self.bond_length = float(bond_length)
         self.length_coupling = float(length_coupling)
-        self.bond_interval = _check_interval(bond_interval, "bond_interval")
+        self.bond_interval = checks.interval(bond_interval, "bond_interval")
         self.event_shape = (2,)
 
     @property

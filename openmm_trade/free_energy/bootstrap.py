@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import mdtraj
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 from ..sampling import WeightedTrajectory
 from ..units import check_temperature
@@ -30,10 +31,7 @@ def _bootstrap_counts(rng: np.random.Generator, n: int, n_bootstrap: int,
 
 
 def _check_bootstrap(n_bootstrap) -> int:
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) \
-            or n_bootstrap < 2:
-        raise InputError(f"n_bootstrap must be an integer >= 2, got {n_bootstrap!r}")
-    return int(n_bootstrap)
+    return checks.integer(n_bootstrap, "n_bootstrap", minimum=2)
 
 
 def _std(replicates: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import cumulative_trapezoid
 
+from .. import checks
 from ..errors import InputError
 from ..importance import scaled_weights
 from ..mbar import MBARResult
@@ -155,7 +156,7 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
     >>> table.temperature.tolist(), float(table.delta_f_kT[0])
     ([300.0, 450.0], 0.0)
     """
-    temperatures = _check_temperatures(temperatures)
+    temperatures = checks.temperatures(temperatures, "temperatures").tolist()
     t0 = check_temperature(model.reference_temperature if reference_temperature is None
                            else reference_temperature, name="reference_temperature")
     draw = list(temperatures)
@@ -170,12 +171,6 @@ def temperature_profile(model, energy, temperatures: Sequence[float], n: int = 1
                                      n_bootstrap=n_bootstrap, seed=seed,
                                      temperatures=temperatures)
 
-
-def _check_temperatures(temperatures) -> list[float]:
-    values = np.atleast_1d(np.asarray(temperatures, dtype=np.float64))
-    if values.ndim != 1 or values.size == 0:
-        raise InputError(f"temperatures must be a non-empty sequence of K, got {temperatures!r}")
-    return [check_temperature(float(t), name="temperatures") for t in values]
 
 
 def profile_from_trajectories(trajectories: Sequence[WeightedTrajectory],
@@ -234,7 +229,7 @@ def profile_from_trajectories(trajectories: Sequence[WeightedTrajectory],
                 else check_temperature(reference_temperature, "reference_temperature"),
                 "reference_temperature")
     rows = [lookup(t, "temperatures") for t in (
-        _check_temperatures(temperatures) if temperatures is not None
+        checks.temperatures(temperatures, "temperatures").tolist() if temperatures is not None
         else [wt.temperature for wt in trajectories])]
     rngs = np.random.default_rng(seed).spawn(len(by_temperature))
     estimates = {t: _estimate(wt, n_bootstrap, rng)
