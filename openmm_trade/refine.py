@@ -63,6 +63,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from . import checks
 from .errors import InputError
 from .importance import effective_sample_size, log_mean_exp, log_sum_exp, normalized_weights
 from .model import check_model
@@ -599,9 +600,7 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
     """
     options = check_options(True if options is None else options)
     temperature = check_temperature(temperature)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"n must be a positive integer, got {n!r}")
-    n = int(n)
+    n = checks.integer(n, "n")
     space = _Space.for_model(model, energy, temperature, options.chunk_size)
     gen, rng, seed = _seeded(seed)
     islands = _Islands(n, max(1, min(options.n_islands, n // 16)))
@@ -616,6 +615,9 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
     z = space.wrap(z)
     point = space.evaluate(z)
     mover = _Mover(space, options, gen)
+    # The flow's own importance weights at the target, before any move: plain importance
+    # sampling from the same draws, recorded beside the refined result.
+    flow_log_w = (point.log_q - point.log_p).numpy()
     history = []
     b = 0.0
     bar = _progress(quiet, f"SMC {temperature:g} K")
@@ -654,6 +656,8 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
         "log_partition_estimate": log_z, "log_partition_error": log_z_err,
         "distinct_ancestors": int(len(np.unique(islands.ancestors))),
         "force_evaluations": int(energy.n_evaluations - start),
+        "flow_ess": float(effective_sample_size(flow_log_w)),
+        "flow_log_partition_estimate": float(log_mean_exp(flow_log_w)),
     }
     refinement["force_evaluations_per_sample"] = refinement["force_evaluations"] / n
     return _trajectory(model, space, z, point, islands.combined_log_weights(), log_z,

@@ -16,6 +16,7 @@ from scipy import stats
 import openmm_trade as ot
 from openmm_trade.flow import ConditionalFlow, Domain, TemperatureFlow
 from openmm_trade.refine import SMC, rejuvenate, smc
+from openmm_trade.report import write_report
 from openmm_trade.toys import DoubleWell1D, TorsionBond2D
 
 T = 300.0
@@ -151,6 +152,10 @@ def test_sample_refine_and_save_load(tmp_path):
     assert np.allclose(loaded.weights, wt.weights)
     assert loaded.log_partition_estimate == pytest.approx(wt.log_partition_estimate)
     assert ot.sample(model, toy, T, n=10, seed=0, quiet=True, refine=False).refinement is None
+    # One level anneals straight to the target: its ESS is the flow's own importance ESS.
+    one = smc(model, toy, T, n=200, options=SMC(n_islands=1, max_levels=1), seed=0, quiet=True)
+    assert one.refinement["flow_ess"] == pytest.approx(one.refinement["history"][0]["ess"])
+    assert abs(one.refinement["flow_log_partition_estimate"] - one.log_partition_estimate) < 1e-9
     with pytest.raises(ot.errors.InputError, match="refine"):
         ot.sample(model, toy, T, n=10, quiet=True, refine="yes")
 
@@ -229,3 +234,19 @@ def test_command_line_and_config_refine(vacuum, vacuum_frames, tmp_path):
     with pytest.raises(ot.errors.ConfigError, match="refine_kernel"):
         ot.config.validate({"system": {"name": "alanine-dipeptide-vacuum"},
                             "sampling": {"refine_kernel": "gibbs"}})
+
+
+def test_report_shows_refined_beside_plain(tmp_path):
+    toy, domains = poor_flows()[0]
+    wt = smc(make_flow(domains), toy, T, n=200, options=SMC(n_islands=2), seed=0, quiet=True)
+    (tmp_path / "samples").mkdir()
+    wt.save(tmp_path / "samples" / f"{T:g}K.h5")
+    (tmp_path / "config.toml").write_text(
+        '[system]\nname = "toy"\n[boundary]\ntemperature = 300.0\n'
+        "[temperatures]\nrange = [300.0, 600.0]\n")
+    text = write_report(tmp_path).read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {T:g} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{wt.refinement['flow_ess']:.1%}" and cells[2] == f"{wt.ess:.1%}"
+    assert cells[3] == str(wt.refinement["distinct_ancestors"])
+    assert cells[6].startswith(f"{wt.log_partition_estimate:.3f} ± ")
