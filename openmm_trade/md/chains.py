@@ -135,55 +135,12 @@ def _simulate_chain(
                              _platform_properties(platform))
     evaluator = _EnergyEvaluator(msys.system, platform)
 
-    done_xyz, done_energies = np.zeros((0, msys.n_atoms, 3), np.float32), np.zeros(0)
-    frame_file = None
     if checkpoint_path is not None and resume and checkpoint_path.exists():
-        meta, blob = _read_checkpoint(checkpoint_path)
-        changed = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
-        if changed:
-            detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise CheckpointError(f"cannot resume {output}: settings differ ({detail})")
-        n_done = int(meta["n_frames"])
-        if n_done > n_frames:
-            raise InputError(
-                f"n_frames={n_frames} but {output} already holds {n_done} checkpointed frames"
-            )
-        frame_file = _FrameFile(output, mode="a")
-        if len(frame_file) < n_done:
-            frame_file.close()
-            raise CheckpointError(
-                f"{output} holds {len(frame_file)} frames but its checkpoint says {n_done}"
-            )
-        try:
-            frame_file.truncate(n_done)
-            topology, done_xyz = frame_file.frames()
-            _check_atoms(topology, msys, str(output))
-            done_energies = evaluator(done_xyz)
-            try:
-                context.loadCheckpoint(blob)
-            except openmm.OpenMMException as err:
-                raise CheckpointError(
-                    f"cannot load the checkpoint {checkpoint_path}: {err}"
-                ) from None
-        except BaseException:
-            frame_file.close()
-            raise
+        frame_file, done_xyz, done_energies = _resume_chain(
+            msys, output, checkpoint_path, settings, n_frames, context, evaluator)
     else:
-        if output is not None and output.exists():
-            _, old_xyz, _, _ = _read_frame_file(output)
-            if len(old_xyz):
-                raise CheckpointError(
-                    f"{output} holds {len(old_xyz)} frames but has no checkpoint "
-                    f"{checkpoint_path.name}; it cannot be resumed (move it away)"
-                )
-        context.setPositions(msys.positions)
-        openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(temperature * unit.kelvin, _openmm_seed(seed, 1))
-        integrator.step(int(round(equilibration_ps / timestep_ps)))
-        if output is not None:
-            frame_file = _FrameFile(output, msys.mdtraj_topology, mode="w")
-            _write_checkpoint(checkpoint_path, {**settings, "n_frames": 0},
-                              context.createCheckpoint())
+        frame_file = _start_chain(msys, output, checkpoint_path, settings, context, integrator)
+        done_xyz, done_energies = np.zeros((0, msys.n_atoms, 3), np.float32), np.zeros(0)
     n_done = len(done_xyz)
     if n_done:
         progress(n_done, True)
@@ -220,6 +177,66 @@ def _simulate_chain(
 
 #: Seconds between progress messages of a chain process.
 _PROGRESS_EVERY_S = 0.5
+
+
+def _resume_chain(msys: MolecularSystem, output: Path, checkpoint_path: Path, settings: dict,
+                  n_frames: int, context, evaluator) -> tuple:
+    """Reopen ``output`` at its checkpoint: ``(frame_file, xyz, energies)`` of the frames
+    kept, with ``context`` at the checkpointed state (settings must match)."""
+    meta, blob = _read_checkpoint(checkpoint_path)
+    changed = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
+    if changed:
+        detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise CheckpointError(f"cannot resume {output}: settings differ ({detail})")
+    n_done = int(meta["n_frames"])
+    if n_done > n_frames:
+        raise InputError(
+            f"n_frames={n_frames} but {output} already holds {n_done} checkpointed frames"
+        )
+    frame_file = _FrameFile(output, mode="a")
+    if len(frame_file) < n_done:
+        frame_file.close()
+        raise CheckpointError(
+            f"{output} holds {len(frame_file)} frames but its checkpoint says {n_done}"
+        )
+    try:
+        frame_file.truncate(n_done)
+        topology, done_xyz = frame_file.frames()
+        _check_atoms(topology, msys, str(output))
+        done_energies = evaluator(done_xyz)
+        try:
+            context.loadCheckpoint(blob)
+        except openmm.OpenMMException as err:
+            raise CheckpointError(
+                f"cannot load the checkpoint {checkpoint_path}: {err}"
+            ) from None
+    except BaseException:
+        frame_file.close()
+        raise
+    return frame_file, done_xyz, done_energies
+
+
+def _start_chain(msys: MolecularSystem, output: Path | None, checkpoint_path: Path | None,
+                 settings: dict, context, integrator):
+    """Minimise, draw velocities, equilibrate; open a new frame file (``None`` without
+    ``output``). An existing ``output`` with frames but no checkpoint is refused."""
+    temperature, seed = settings["temperature"], settings["seed"]
+    if output is not None and output.exists():
+        _, old_xyz, _, _ = _read_frame_file(output)
+        if len(old_xyz):
+            raise CheckpointError(
+                f"{output} holds {len(old_xyz)} frames but has no checkpoint "
+                f"{checkpoint_path.name}; it cannot be resumed (move it away)"
+            )
+    context.setPositions(msys.positions)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(temperature * unit.kelvin, _openmm_seed(seed, 1))
+    integrator.step(int(round(settings["equilibration_ps"] / settings["timestep_ps"])))
+    if output is None:
+        return None
+    frame_file = _FrameFile(output, msys.mdtraj_topology, mode="w")
+    _write_checkpoint(checkpoint_path, {**settings, "n_frames": 0}, context.createCheckpoint())
+    return frame_file
 
 
 def _run_chains(msys: MolecularSystem, jobs: list[dict], progress) -> list[tuple]:
