@@ -281,16 +281,14 @@ def _quiet_openmmtools(quiet: bool):
         MultiStateSampler._global_citation_silence = citations
 
 
-def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoint, timestep_ps,
-                            friction_per_ps, seed, platform, openmm_platform, quiet):
-    from openmmtools import cache, states
-    from openmmtools.multistate import MultiStateReporter, ParallelTemperingSampler
+def _open_sampler(msys, temps, n_iterations, steps, storage, checkpoint, reporter, timestep_ps,
+                  friction_per_ps, context_cache):
+    """The openmmtools sampler: restored from ``storage`` (checked to hold these temperatures
+    and this system) or created, minimised, with a new storage. ``reporter`` is closed on
+    failure."""
+    from openmmtools import states
+    from openmmtools.multistate import ParallelTemperingSampler
 
-    start = time.perf_counter()
-    context_cache = cache.ContextCache(platform=openmm_platform,
-                                       platform_properties=_platform_properties(platform))
-    reporter = MultiStateReporter(str(storage), checkpoint_interval=1,
-                                  checkpoint_storage=checkpoint.name)
     if storage.exists():
         try:
             sampler = ParallelTemperingSampler.from_storage(reporter)
@@ -337,6 +335,21 @@ def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoin
             for path in (storage, checkpoint):  # an unusable half-created storage
                 path.unlink(missing_ok=True)
             raise
+    return sampler
+
+
+def _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoint, timestep_ps,
+                            friction_per_ps, seed, platform, openmm_platform, quiet):
+    from openmmtools import cache
+    from openmmtools.multistate import MultiStateReporter
+
+    start = time.perf_counter()
+    context_cache = cache.ContextCache(platform=openmm_platform,
+                                       platform_properties=_platform_properties(platform))
+    reporter = MultiStateReporter(str(storage), checkpoint_interval=1,
+                                  checkpoint_storage=checkpoint.name)
+    sampler = _open_sampler(msys, temps, n_iterations, steps, storage, checkpoint, reporter,
+                            timestep_ps, friction_per_ps, context_cache)
     sampler.energy_context_cache = sampler.sampler_context_cache = context_cache
 
     first = sampler.iteration
