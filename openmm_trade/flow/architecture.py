@@ -28,16 +28,12 @@ from .priors import check_prior
 class FlowArchitecture:
     """Width, depth and prior of a temperature-conditioned spline flow.
 
-    The defaults are the product's: measured best for alanine dipeptide from a few
-    thousand MD frames (wider or deeper flows over-fit such data and the ESS at ``T0``
-    falls, see ``benchmarks/results/tuning.json``). ``widen_prior`` scales the latent
-    prior's widths by ``sqrt(T / T0)``, the temperature dependence of harmonic
-    coordinates, so bonds, angles and stiff torsions start out right at every temperature
-    and TRADE only corrects the rest (vacuum alanine dipeptide, 300 K → 600 K: ESS at 600 K
-    2.5 % with it, 0.19 % without). ``prior_floor = 0.01`` mixes 1 % of the uniform
-    density into each bounded coordinate's prior (:class:`~.BoxPrior`), so no
-    coordinate's tail is lighter than that (600 K → 300 K: the heaviest of 5000 weights
-    fell from 0.3-0.5 to 0.05-0.09, ESS 0.1-3.4 % → 1.3-2.9 % over 300-600 K).
+    The defaults are the product's, chosen by measurement on alanine dipeptide (the figures
+    are in ``docs/TUNING.md``). ``widen_prior`` scales the latent prior's widths by
+    ``sqrt(T / T0)``, the temperature dependence of harmonic coordinates, so bonds, angles
+    and stiff torsions start out right at every temperature and TRADE only corrects the
+    rest. ``prior_floor = 0.01`` mixes 1 % of the uniform density into each bounded
+    coordinate's prior (:class:`~.BoxPrior`), so no coordinate's tail is lighter than that.
 
     Examples
     --------

@@ -119,8 +119,8 @@ def data_domains(coordinates: InternalCoordinates, boundary, margin: float = 0.5
     domains around the data (widened by ``margin``), so the model keeps the isomer the MD
     was in (trans peptide bonds stay trans) as the MD itself does: without this the flow
     leaks a little density into the cis isomer, which the force field scores as
-    low-energy, and a handful of such samples take all the importance weight (measured on
-    vacuum alanine dipeptide: the ten heaviest of 20 000 samples at 300 K were cis).
+    low-energy, and a handful of such samples take all the importance weight
+    (``docs/TUNING.md``).
 
     Raises
     ------
