@@ -15,10 +15,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tomllib
 from pathlib import Path
 
 from .errors import InputError
+from .run_directory import RunDirectory
 
 #: Fewer effective samples than this flags a temperature as unreliable in the report.
 LOW_EFFECTIVE_SAMPLES = 100
@@ -41,7 +41,7 @@ def overlap_line(out) -> str | None:
     >>> overlap_line("no-such-run") is None
     True
     """
-    path = Path(out) / "training_history.csv"
+    path = RunDirectory(out).training_history
     if not path.exists():
         return None
     rows = [r for r in _read_csv(path) if r.get("overlap_sigma") not in (None, "")]
@@ -58,9 +58,8 @@ def overlap_line(out) -> str | None:
             f"{kept}.")
 
 
-def _reference_temperature(out: Path) -> float:
-    with open(out / "config.toml", "rb") as handle:
-        return float(tomllib.load(handle)["boundary"]["temperature"])
+def _reference_temperature(run: RunDirectory) -> float:
+    return float(run.read_config()["boundary"]["temperature"])
 
 
 def write_figures(out, msys, trajectories: dict) -> list[Path]:
@@ -77,11 +76,11 @@ def write_figures(out, msys, trajectories: dict) -> list[Path]:
     """
     from . import cv, free_energy, plots
 
-    out = Path(out)
-    figures = out / "figures"
+    run = RunDirectory(out)
+    figures = run.figures
     figures.mkdir(parents=True, exist_ok=True)
     profile = free_energy.TemperatureProfile.from_csv(
-        out / "free_energy.csv", reference_temperature=_reference_temperature(out))
+        run.free_energy, reference_temperature=_reference_temperature(run))
     written = [
         plots.ess_vs_temperature(profile, figures / "ess.png"),
         plots.delta_f_vs_temperature(profile, figures / "delta_f.png"),
@@ -91,8 +90,8 @@ def write_figures(out, msys, trajectories: dict) -> list[Path]:
         surfaces = [free_energy.surface(wt, cv.ramachandran, bins=36, n_bootstrap=20, seed=0)
                     for wt in trajectories.values()]
         written.append(plots.ramachandran_panels(surfaces, figures / "ramachandran.png"))
-        if (out / "populations.csv").exists():
-            table = free_energy.PopulationProfile.from_csv(out / "populations.csv")
+        if run.populations.exists():
+            table = free_energy.PopulationProfile.from_csv(run.populations)
             written.append(plots.populations_vs_temperature(table, figures / "populations.png"))
     return written
 
@@ -110,13 +109,10 @@ def write_report(out, figures: bool = False) -> Path:
     """
     from .files import write_text_atomic
 
-    out = Path(out)
-    if not (out / "config.toml").exists():
-        raise InputError(f"{out} is not a run directory (no config.toml)")
+    run = RunDirectory(out).require()
     if figures:
-        _redraw_figures(out)
-    with open(out / "config.toml", "rb") as handle:
-        config = tomllib.load(handle)
+        _redraw_figures(run)
+    config = run.read_config()
     system = config["system"].get("name") or config["system"].get("pdb")
     lines = [
         "# openmm-trade run report", "",
@@ -124,9 +120,9 @@ def write_report(out, figures: bool = False) -> Path:
         f"temperature range {config['temperatures']['range'][0]:g}–"
         f"{config['temperatures']['range'][1]:g} K.", "",
     ]
-    lines += _coverage_section(out)
-    if (out / "free_energy.csv").exists():
-        rows = _read_csv(out / "free_energy.csv")
+    lines += _coverage_section(run)
+    if run.free_energy.exists():
+        rows = _read_csv(run.free_energy)
         n_drawn = int(config.get("free_energy", {}).get("n", 0))
         lines += ["## Free energies and sampling efficiency", "",
                   "Δf = f(β) − f(β0) with f = −ln Z (importance sampling with the flow; "
@@ -146,8 +142,8 @@ def write_report(out, figures: bool = False) -> Path:
               f"{float(r['heat_capacity']):.4f} ± {float(r['heat_capacity_err']):.4f}"]
              for r in rows])
         lines.append("")
-    if (out / "populations.csv").exists():
-        rows = _read_csv(out / "populations.csv")
+    if run.populations.exists():
+        rows = _read_csv(run.populations)
         states = [k for k in rows[0] if k != "temperature" and not k.endswith("_err")]
         lines += ["## Conformational populations (Ramachandran regions)", ""]
         lines += _table(["T (K)"] + states,
@@ -155,24 +151,24 @@ def write_report(out, figures: bool = False) -> Path:
                          + [f"{float(r[s]):.3f} ± {float(r[s + '_err']):.3f}" for s in states]
                          for r in rows])
         lines.append("")
-    lines += _refinement_section(out)
-    overlap = overlap_line(out)
+    lines += _refinement_section(run)
+    overlap = overlap_line(run.root)
     if overlap:
         lines += ["## Overlap of the trained model", "", overlap, ""]
-    lines += _cost_section(out)
-    figure_files = sorted((out / "figures").glob("*.png")) if (out / "figures").exists() else []
+    lines += _cost_section(run)
+    figure_files = sorted(run.figures.glob("*.png")) if run.figures.exists() else []
     if figure_files:
         lines += ["## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in figure_files]
         lines.append("")
-    path = out / "report.md"
+    path = run.report
     write_text_atomic(path, "\n".join(lines))
     return path
 
 
-def _coverage_section(out: Path) -> list[str]:
+def _coverage_section(run: RunDirectory) -> list[str]:
     """Basin transitions of the slow torsions in the boundary data (``coverage.json``)."""
-    path = out / "coverage.json"
+    path = run.coverage
     if not path.exists():
         return []
     coverage = json.loads(path.read_text())
@@ -193,13 +189,13 @@ def _coverage_section(out: Path) -> list[str]:
     return lines + [""]
 
 
-def _refinement_section(out: Path) -> list[str]:
+def _refinement_section(run: RunDirectory) -> list[str]:
     """Refined beside plain: for each refined ``samples/<T>K.h5``, the flow's own importance
     sampling (the SMC's first population, before any move) against the SMC result."""
     from .sampling import WeightedTrajectory
 
     rows = []
-    for path in sorted((out / "samples").glob("*K.h5")) if (out / "samples").exists() else []:
+    for path in run.sample_paths().values():
         wt = WeightedTrajectory.load(path)
         ref = wt.refinement
         if not ref or "flow_ess" not in ref:
@@ -227,8 +223,8 @@ def _gap(torsion: dict) -> str:
     return "n/a" if gap is None else f"{gap:.0f}°"
 
 
-def _cost_section(out: Path) -> list[str]:
-    stages_file = out / "stages.json"
+def _cost_section(run: RunDirectory) -> list[str]:
+    stages_file = run.stages
     if not stages_file.exists():
         return []
     stages = json.loads(stages_file.read_text())
@@ -242,7 +238,7 @@ def _cost_section(out: Path) -> list[str]:
              "Energy evaluations are OpenMM force/energy calls (MD steps for the boundary).", ""]
     lines += _table(["stage", "wall time (s)", "energy evaluations"], rows)
     lines.append("")
-    history = out / "training_history.csv"
+    history = run.training_history
     if history.exists():
         rows = _read_csv(history)
         if rows:
@@ -253,18 +249,15 @@ def _cost_section(out: Path) -> list[str]:
     return lines
 
 
-def _redraw_figures(out: Path) -> None:
+def _redraw_figures(run: RunDirectory) -> None:
     from .sampling import WeightedTrajectory
     from .systems import system_from_spec
 
-    files = sorted((out / "samples").glob("*K.h5"))
+    files = run.sample_paths()
     if not files:
-        raise InputError(f"{out}/samples holds no weighted trajectories to draw")
-    trajectories = {float(p.stem[:-1]): WeightedTrajectory.load(p) for p in files}
-    trajectories = dict(sorted(trajectories.items()))
-    with open(out / "config.toml", "rb") as handle:
-        spec = tomllib.load(handle)["system"]
-    write_figures(out, system_from_spec(spec), trajectories)
+        raise InputError(f"{run.samples} holds no weighted trajectories to draw")
+    trajectories = {t: WeightedTrajectory.load(p) for t, p in files.items()}
+    write_figures(run.root, system_from_spec(run.read_config()["system"]), trajectories)
 
 
 __all__ = ["overlap_line", "write_figures", "write_report"]
