@@ -197,7 +197,7 @@ class RunWorkflow:
 
     def _stage_training(self) -> dict:
         from .flow import TemperatureFlow
-        from .training import train
+        from .training import TrainingConfig, train
 
         t0 = float(self.config.boundary["temperature"])
         t_range = tuple(float(t) for t in self.config.temperatures["range"])
@@ -207,11 +207,13 @@ class RunWorkflow:
             device=self.config.compute["device"], **self.config.model)
         checkpoints = self.out / "checkpoints"
         checkpoints.mkdir(exist_ok=True)
+        # the run's seed unless [training] sets one
         history = train(
             model, self.energy, boundary=boundary, boundary_temperature=t0,
-            temperature_range=t_range, checkpoint=checkpoints, resume=self.resume,
-            history_csv=self.out / "training_history.csv", seed=self.config.compute["seed"],
-            quiet=self.quiet, **self.config.training)
+            config=TrainingConfig(seed=self.config.compute["seed"]), temperature_range=t_range,
+            checkpoint=checkpoints, resume=self.resume,
+            history_csv=self.out / "training_history.csv", quiet=self.quiet,
+            **self.config.training)
         model.save(self.out / "model.pt")
         return {"steps": len(history)}
 
