@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import tomllib
 from pathlib import Path
 
 from .config import RunConfig
@@ -78,7 +79,9 @@ class RunWorkflow:
                     f"out directory {self.out} is not empty; pass --resume to continue the run "
                     "there, or choose a new --out"
                 )
-            if config_file.exists() and config_file.read_text() != self.config.to_toml():
+            # compared as values: the order of the keys in the file does not matter
+            if config_file.exists() and tomllib.loads(config_file.read_text()) != \
+                    tomllib.loads(self.config.to_toml()):
                 raise ConfigError(
                     f"{config_file}: the configuration differs from the one of the run being "
                     "resumed; resume with the same configuration or choose a new --out"
@@ -292,7 +295,6 @@ def summary_table(out) -> str:
     marked ``(!)``: their estimates are unreliable.
     """
     import csv
-    import tomllib
 
     from .report import LOW_EFFECTIVE_SAMPLES, overlap_line
 
