@@ -6,7 +6,8 @@ the TRADE objective of :mod:`openmm_trade.trade`::
 
     L(t) = L_boundary(T0) + λ(t) · L_TRADE
 
-Schedule (``t`` is the step):
+Schedule (``t`` is the step; the settings named here are the fields of
+:class:`TrainingConfig`, where their defaults are documented):
 
 * ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
   ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
@@ -22,20 +23,20 @@ Schedule (``t`` is the step):
   the end.
 * then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
   condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
-  each end, in β) to the whole range over ``widen_steps`` (default ``ramp_steps``).
-  Conditions are drawn uniformly in β or in log T (``condition_sampling``) between the
-  current bounds, so ``T0`` may sit at the bottom, the top or inside the range.
+  each end, in β) to the whole range over ``widen_steps``. Conditions are drawn uniformly
+  in β or in log T (``condition_sampling``) between the current bounds, so ``T0`` may sit
+  at the bottom, the top or inside the range.
 * With data, ``kl_weight > 0`` adds the reverse KL at ``T0``,
   ``E_{x~p(·|T0)}[β0 U(x) + log p_θ(x|T0)]``, to the NLL (Noé et al. 2019): from step
-  ``kl_start`` (default ``steps // 10``) its weight ramps linearly to ``kl_weight`` over
-  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. The
-  force field then corrects the model where a few thousand correlated MD frames cannot,
-  which is what limits the ESS of a likelihood-only fit (over-fitting).
+  ``kl_start`` its weight ramps linearly to ``kl_weight`` over ``kl_ramp_steps``.
+  Gradients flow through the forces. The force field then corrects the model where a few
+  thousand correlated MD frames cannot, which is what limits the ESS of a likelihood-only
+  fit (over-fitting).
 * Reduced energies more than ``energy_cutoff`` k_B T0 above the boundary data's mean
   (above 0 without data) enter the reverse KL, the TRADE residual and the ⟨U⟩ grid
   logarithmically (:func:`~openmm_trade.trade.soften_energies`): a sterically clashing
   flow sample then cannot dominate a step.
-* AdamW (``weight_decay``, default 0: plain Adam) with a cosine (or step) learning-rate
+* AdamW (``weight_decay``; 0 is plain Adam) with a cosine (or step) learning-rate
   schedule and gradient-norm clipping.
 
 Robustness: a step whose loss, gradient or energies are non-finite is skipped — the
@@ -601,6 +602,13 @@ class Trainer:
 
     Attributes
     ----------
+    config : TrainingConfig
+        The settings of the run, with every derived one filled in
+        (:meth:`TrainingConfig.resolved`).
+    boundary_temperature : float
+        T0 in K.
+    temperature_range : (float, float)
+        The range trained over, in K.
     step : int
         Steps done.
     history : TrainingHistory
