@@ -574,6 +574,30 @@ def _evaluation_points(requested: str, have_boundary: bool, t0: float, t_max: fl
     return "boundary" if t0 >= t_max else "both"
 
 
+def _temperatures(model, boundary_temperature, temperature_range):
+    """``T0`` and ``(T_min, T_max)`` in K, checked against each other and the model's range
+    (the default range)."""
+    t0 = check_temperature(boundary_temperature, "boundary_temperature")
+    if not isinstance(t0, float):
+        raise InputError(f"boundary_temperature must be one temperature in K, got {t0!r}")
+    model_range = tuple(float(t) for t in model.temperature_range)
+    if temperature_range is None:
+        temperature_range = model_range
+    try:
+        t_min, t_max = (check_temperature(t, "temperature_range") for t in temperature_range)
+    except TypeError:
+        raise InputError("temperature_range must be (T_min, T_max) in K, got "
+                         f"{temperature_range!r}") from None
+    if not t_min <= t0 <= t_max:
+        raise InputError(f"boundary_temperature must lie in temperature_range "
+                         f"[{t_min:g}, {t_max:g}] K, got {t0:g} K")
+    tolerance = 1e-9 * t_max
+    if t_min < model_range[0] - tolerance or t_max > model_range[1] + tolerance:
+        raise InputError(f"temperature_range [{t_min:g}, {t_max:g}] K must lie inside the "
+                         f"model's range [{model_range[0]:g}, {model_range[1]:g}] K")
+    return t0, (t_min, t_max)
+
+
 def _checkpoint_file(checkpoint: PathLike | None) -> Path | None:
     """A checkpoint file from a file path or a folder (``<folder>/checkpoint.pt``)."""
     if checkpoint is None:
@@ -668,60 +692,13 @@ class Trainer:
             raise InputError(f"energy event_shape {tuple(energy.event_shape)} does not match the "
                              f"model's {event_shape}")
 
-        t0 = check_temperature(boundary_temperature, "boundary_temperature")
-        if not isinstance(t0, float):
-            raise InputError(f"boundary_temperature must be one temperature in K, got {t0!r}")
-        model_range = tuple(float(t) for t in model.temperature_range)
-        if temperature_range is None:
-            temperature_range = model_range
-        try:
-            t_min, t_max = (check_temperature(t, "temperature_range") for t in temperature_range)
-        except TypeError:
-            raise InputError("temperature_range must be (T_min, T_max) in K, got "
-                             f"{temperature_range!r}") from None
-        if not t_min <= t0 <= t_max:
-            raise InputError(f"boundary_temperature must lie in temperature_range "
-                             f"[{t_min:g}, {t_max:g}] K, got {t0:g} K")
-        tolerance = 1e-9 * t_max
-        if t_min < model_range[0] - tolerance or t_max > model_range[1] + tolerance:
-            raise InputError(f"temperature_range [{t_min:g}, {t_max:g}] K must lie inside the "
-                             f"model's range [{model_range[0]:g}, {model_range[1]:g}] K")
+        t0, (t_min, t_max) = _temperatures(model, boundary_temperature, temperature_range)
         self.boundary_temperature, self.temperature_range = t0, (float(t_min), float(t_max))
         self.config = _training_config(config, overrides).resolved()
         cfg = self.config
-
-        self.validate_every = (None if validate_every is None
-                               else _positive_int(validate_every, "validate_every"))
-        self.validation_samples = _positive_int(validation_samples, "validation_samples")
-        if monitor_temperatures is None:
-            monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
-                                          else {t_min, 0.5 * (t_min + t_max), t_max})
-        self.monitor_temperatures = [float(check_temperature(t, "monitor_temperatures"))
-                                     for t in np.atleast_1d(np.asarray(monitor_temperatures))]
-        self.checkpoint_path = _checkpoint_file(checkpoint)
-        self.checkpoint_every = (None if checkpoint_every is None
-                                 else _positive_int(checkpoint_every, "checkpoint_every"))
-        if self.checkpoint_every is not None and self.checkpoint_path is None:
-            raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
-        self.history_csv = None if history_csv is None else Path(history_csv)
-        self.quiet = bool(quiet)
-        self.energy_budget = (None if energy_budget is None
-                              else _positive_int(energy_budget, "energy_budget"))
-
-        dtype = getattr(model, "dtype", torch.float32)
-        self.boundary = _boundary_tensor(boundary, event_shape)
-        self.holdout = None
-        if self.boundary is not None:
-            self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-            chains = getattr(boundary, CHAIN_ATTRIBUTE, None)
-            kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
-            if held.size:
-                self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
-        self.evaluation_points = _evaluation_points(
-            cfg.evaluation_points, self.boundary is not None, t0, t_max)
-        if self.evaluation_points != "flow" and self.boundary is None:
-            raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
-                             "samples, got boundary=None")
+        self._set_run_control(validate_every, validation_samples, monitor_temperatures,
+                              checkpoint, checkpoint_every, history_csv, quiet, energy_budget)
+        self._set_boundary(boundary, event_shape)
         self._energy_seen = energy.n_evaluations
         self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
                          "energy_evaluations": 0, "consecutive_skips": 0}
@@ -746,22 +723,70 @@ class Trainer:
         self._wall_offset = 0.0
         self._seed_everything(cfg.seed)
 
-        resume_from = None
-        if resume is True:
-            if self.checkpoint_path is None:
-                raise InputError("resume=True needs checkpoint= (a file or folder), got none")
-            resume_from = self.checkpoint_path if self.checkpoint_path.exists() else None
-        elif resume not in (False, None):
-            resume_from = Path(resume)
-            if resume_from.is_dir():
-                resume_from = resume_from / CHECKPOINT_NAME
-            if not resume_from.exists():
-                raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
+        resume_from = self._resume_source(resume)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         self._beta_ends = (beta_from_temperature(t_max), beta_from_temperature(t_min))
 
     # ------------------------------------------------------------------ setup
+    def _set_run_control(self, validate_every, validation_samples, monitor_temperatures,
+                         checkpoint, checkpoint_every, history_csv, quiet,
+                         energy_budget) -> None:
+        """Check and keep the run-control keywords of :func:`train`."""
+        t0, (t_min, t_max) = self.boundary_temperature, self.temperature_range
+        self.validate_every = (None if validate_every is None
+                               else _positive_int(validate_every, "validate_every"))
+        self.validation_samples = _positive_int(validation_samples, "validation_samples")
+        if monitor_temperatures is None:
+            monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
+                                          else {t_min, 0.5 * (t_min + t_max), t_max})
+        self.monitor_temperatures = [float(check_temperature(t, "monitor_temperatures"))
+                                     for t in np.atleast_1d(np.asarray(monitor_temperatures))]
+        self.checkpoint_path = _checkpoint_file(checkpoint)
+        self.checkpoint_every = (None if checkpoint_every is None
+                                 else _positive_int(checkpoint_every, "checkpoint_every"))
+        if self.checkpoint_every is not None and self.checkpoint_path is None:
+            raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
+        self.history_csv = None if history_csv is None else Path(history_csv)
+        self.quiet = bool(quiet)
+        self.energy_budget = (None if energy_budget is None
+                              else _positive_int(energy_budget, "energy_budget"))
+
+    def _set_boundary(self, boundary, event_shape: tuple[int, ...]) -> None:
+        """The boundary samples as a tensor on the model's device, split into training and
+        held-out frames, and the resolved ``evaluation_points``."""
+        cfg = self.config
+        dtype = getattr(self.model, "dtype", torch.float32)
+        self.boundary = _boundary_tensor(boundary, event_shape)
+        self.holdout = None
+        if self.boundary is not None:
+            self.boundary = self.boundary.to(device=self.device, dtype=dtype)
+            chains = getattr(boundary, CHAIN_ATTRIBUTE, None)
+            kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
+            if held.size:
+                self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
+        self.evaluation_points = _evaluation_points(
+            cfg.evaluation_points, self.boundary is not None, self.boundary_temperature,
+            self.temperature_range[1])
+        if self.evaluation_points != "flow" and self.boundary is None:
+            raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
+                             "samples, got boundary=None")
+
+    def _resume_source(self, resume: bool | PathLike) -> Path | None:
+        """The checkpoint to continue from (``None``: start afresh)."""
+        if resume is True:
+            if self.checkpoint_path is None:
+                raise InputError("resume=True needs checkpoint= (a file or folder), got none")
+            return self.checkpoint_path if self.checkpoint_path.exists() else None
+        if resume in (False, None):
+            return None
+        resume_from = Path(resume)
+        if resume_from.is_dir():
+            resume_from = resume_from / CHECKPOINT_NAME
+        if not resume_from.exists():
+            raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
+        return resume_from
+
     def _seed_everything(self, seed: int) -> None:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
