@@ -11,7 +11,8 @@ A configuration has these sections (all optional except ``[system]``)::
                     files = ["md.dcd"]; stride = 1         # your own MD (temperature needed)
     [temperatures]  range = [300.0, 600.0]; targets = [300.0, 400.0, 500.0, 600.0]
     [model]         keyword arguments of TemperatureFlow.for_system (architecture)
-    [training]      fields of ot.TrainingConfig (steps, batch_size, ...; seed: [compute] seed)
+    [training]      fields of ot.TrainingConfig (steps, batch_size, ...; its seed defaults
+                    to [compute] seed)
                     and validate_every, validation_samples, monitor_temperatures,
                     checkpoint_every, energy_budget (TRAINING_RUN_OPTIONS of ot.train)
     [sampling]      n = 10000                              # samples per target temperature
