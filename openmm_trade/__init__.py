@@ -24,6 +24,7 @@ _PUBLIC = {
     "InternalCoordinates": ("coordinates", "InternalCoordinates"),
     "TemperatureFlow": ("flow", "TemperatureFlow"),
     "Trainer": ("training", "Trainer"),
+    "TrainingConfig": ("training", "TrainingConfig"),
     "train": ("training", "train"),
     "WeightedTrajectory": ("sampling", "WeightedTrajectory"),
     "sample": ("sampling", "sample"),

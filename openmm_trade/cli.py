@@ -21,19 +21,23 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .config import (
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE_RANGE,
+    BoundaryMD,
+    boundary_temperature,
+    default,
+)
 from .errors import OpenMMTradeError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-#: The demo: alanine dipeptide in vacuum, MD at the top of the range (600 K, where it
-#: crosses the barriers that MD at 300 K does not), TRADE down to 300 K.
+#: The demo: alanine dipeptide in vacuum with the configuration's defaults (see
+#: :mod:`openmm_trade.config`: 300-600 K, MD at the top of the range, where it crosses the
+#: barriers that MD at 300 K does not, TRADE down to 300 K), but fewer MD frames.
 DEMO_CONFIG = {
     "system": {"name": "alanine-dipeptide-vacuum"},
-    "boundary": {"temperature": 600.0, "n_frames": 6_000, "interval_ps": 0.5,
-                 "equilibration_ps": 20.0},
-    "temperatures": {"range": [300.0, 600.0], "targets": [300.0, 400.0, 500.0, 600.0]},
-    "sampling": {"n": 10_000},
-    "free_energy": {"n": 10_000, "n_bootstrap": 200},
+    "boundary": {"n_frames": 6_000},
 }
 
 #: A seconds-scale version of the demo for smoke tests (`--quick`); numbers are rough.
@@ -73,13 +77,20 @@ def _common(function):
     for decorator in reversed([
         click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
                      default=None, help="Output directory."),
-        click.option("--seed", type=int, default=None, help="Random seed (default 1)."),
+        click.option("--seed", type=int, default=None,
+                     help=f"Random seed [default: {DEFAULT_SEED}; `run`: the configuration's "
+                          "[compute] seed]."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run in --out, skipping finished stages."),
     ]):
         function = decorator(function)
     return function
+
+
+def _seed(seed: int | None) -> int:
+    """The ``--seed`` given, else the run's default (:data:`~openmm_trade.config.DEFAULT_SEED`)."""
+    return DEFAULT_SEED if seed is None else seed
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -133,7 +144,7 @@ def main(verbose: bool) -> None:
 @click.option("--quick", is_flag=True, help="Seconds-scale settings (smoke test; rough numbers).")
 @_handle_errors
 def demo(out, seed, quiet, resume, quick) -> None:
-    """Run the main job on alanine dipeptide (vacuum): MD at 300 K, TRADE to 300-600 K.
+    """Run the main job on alanine dipeptide (vacuum): MD at 600 K, TRADE to 300-600 K.
 
     Writes weighted trajectories, free energies, figures and report.md to --out
     (default ./openmm-trade-demo) and prints a summary table.
@@ -182,7 +193,8 @@ def _system_options(function):
                      show_default=True, help="Built-in system (see `openmm-trade systems`)."),
         click.option("--pdb", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="Your own PDB instead of a built-in."),
-        click.option("--forcefield", multiple=True, default=("amber99sbildn.xml",),
+        click.option("--forcefield", multiple=True,
+                     default=tuple(default("system", "forcefield")),
                      show_default=True, help="Force-field XML for --pdb (repeatable)."),
     ]):
         function = decorator(function)
@@ -200,23 +212,31 @@ def _load_system(system_name: str, pdb, forcefield):
 
 @main.command()
 @_system_options
-@click.option("--temperature", type=float, default=300.0, show_default=True, help="K.")
-@click.option("--n-frames", type=int, default=10_000, show_default=True)
-@click.option("--interval-ps", type=float, default=1.0, show_default=True)
-@click.option("--chains", "n_chains", type=int, default=None,
+@click.option("--temperature", type=float,
+              default=boundary_temperature(DEFAULT_TEMPERATURE_RANGE), show_default=True,
+              help="K (the default is T0 of `run`: the top of its default range).")
+@click.option("--n-frames", type=int, default=BoundaryMD.n_frames, show_default=True,
+              help="Frames in total, over all chains.")
+@click.option("--interval-ps", type=float, default=BoundaryMD.interval_ps, show_default=True,
+              help="ps between saved frames.")
+@click.option("--equilibration-ps", type=float, default=BoundaryMD.equilibration_ps,
+              show_default=True, help="ps of equilibration of each chain.")
+@click.option("--chains", "n_chains", type=int, default=BoundaryMD.n_chains,
               help="Independent MD chains run in parallel (n-frames in total) "
                    "[default: one per core].")
 @_common
 @_handle_errors
-def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chains,
-       out, seed, quiet, resume) -> None:
+def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, equilibration_ps,
+       n_chains, out, seed, quiet, resume) -> None:
     """Run boundary MD and write OUT/boundary.h5 (frames with potential energies).
 
+    The defaults are those of `run` (the [boundary] section of a configuration).
     Prints the coverage of the slow torsions (basin transitions; flagged under 10).
 
     \b
-    Example:
-      openmm-trade md --temperature 600 --n-frames 20000 --interval-ps 0.5 --out run1
+    Examples:
+      openmm-trade md --out run1
+      openmm-trade md --temperature 450 --n-frames 6000 --out run1
     """
     from . import md as md_module
     from .coverage import measure
@@ -227,9 +247,9 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chain
     msys = _load_system(system_name, pdb, forcefield)
     out.mkdir(parents=True, exist_ok=True)
     traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
-                              interval_ps=interval_ps, seed=1 if seed is None else seed,
-                              output=out / "boundary.h5", resume=resume, quiet=_quiet(quiet),
-                              n_chains=n_chains)
+                              interval_ps=interval_ps, equilibration_ps=equilibration_ps,
+                              seed=_seed(seed), output=out / "boundary.h5", resume=resume,
+                              quiet=_quiet(quiet), n_chains=n_chains)
     click.echo(f"wrote {traj.n_frames} frames to {out / 'boundary.h5'}")
     click.echo(measure(traj).summary())
 
@@ -242,7 +262,8 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, n_chain
 @click.option("--temperature", type=float, required=True, help="Boundary temperature T0 (K).")
 @click.option("--range", "t_range", type=float, nargs=2, required=True,
               help="Temperature range LOW HIGH (K).")
-@click.option("--steps", type=int, default=None, help="Training steps (default: the API's).")
+@click.option("--steps", type=int, default=None,
+              help="Training steps [default: TrainingConfig.steps, as in `run`].")
 @_common
 @_handle_errors
 def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, steps,
@@ -251,7 +272,7 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
 
     \b
     Example:
-      openmm-trade train --boundary run1/boundary.h5 --temperature 300 --range 300 600 \\
+      openmm-trade train --boundary run1/boundary.h5 --temperature 600 --range 300 600 \\
           --out run1
     """
     from . import md as md_module
@@ -273,26 +294,32 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
         train_model(model, energy, boundary=boundary, boundary_temperature=temperature,
                     temperature_range=tuple(t_range), checkpoint=out / "checkpoints",
                     resume=resume, history_csv=out / "training_history.csv",
-                    seed=1 if seed is None else seed, quiet=_quiet(quiet), **options)
+                    seed=_seed(seed), quiet=_quiet(quiet), **options)
     model.save(out / "model.pt")
     click.echo(f"wrote {out / 'model.pt'}")
 
 
-def _model_options(function):
-    """Options of the commands that use a trained model at some temperatures."""
-    for decorator in reversed([
-        _system_options,
-        click.option("--model", "model_file", required=True, type=click.Path(exists=True),
-                     help="model.pt from `train` or `run`."),
-        click.option("--temperature", type=float, multiple=True, required=True,
-                     help="Temperature in K (repeatable)."),
-        click.option("-n", "--n-samples", type=int, default=10_000, show_default=True),
-        click.option("--refine", is_flag=True,
-                     help="Refine the samples with the force field (SMC: annealing from the "
-                          "model to exp(-U/kT) with MALA moves)."),
-    ]):
-        function = decorator(function)
-    return function
+def _model_options(section: str):
+    """Options of the commands that use a trained model at some temperatures; ``-n``
+    defaults to ``[section] n`` of a configuration."""
+
+    def decorate(function):
+        for decorator in reversed([
+            _system_options,
+            click.option("--model", "model_file", required=True, type=click.Path(exists=True),
+                         help="model.pt from `train` or `run`."),
+            click.option("--temperature", type=float, multiple=True, required=True,
+                         help="Temperature in K (repeatable)."),
+            click.option("-n", "--n-samples", type=int, default=default(section, "n"),
+                         show_default=True),
+            click.option("--refine", is_flag=True,
+                         help="Refine the samples with the force field (SMC: annealing from "
+                              "the model to exp(-U/kT) with MALA moves)."),
+        ]):
+            function = decorator(function)
+        return function
+
+    return decorate
 
 
 def _check_temperatures(temperatures, option: str, within=None,
@@ -320,7 +347,7 @@ def _load_model(system_name: str, pdb, forcefield, model_file, temperatures):
 
 
 @main.command()
-@_model_options
+@_model_options("sampling")
 @_common
 @_handle_errors
 def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, refine,
@@ -343,7 +370,7 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, ref
             if resume and path.exists():
                 continue
             wt = draw(model, energy, temperature=t, n=n_samples,
-                      seed=1 if seed is None else seed, quiet=_quiet(quiet), refine=refine)
+                      seed=_seed(seed), quiet=_quiet(quiet), refine=refine)
             path.parent.mkdir(parents=True, exist_ok=True)
             wt.save(path)
             extra = "" if wt.refinement is None else (
@@ -353,7 +380,7 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, ref
 
 
 @main.command("free-energy")
-@_model_options
+@_model_options("free_energy")
 @_common
 @_handle_errors
 def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n_samples,
@@ -376,7 +403,7 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
     out.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
         table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
-                                                n=n_samples, seed=1 if seed is None else seed,
+                                                n=n_samples, seed=_seed(seed),
                                                 quiet=_quiet(quiet), refine=refine)
     table.to_csv(out / "free_energy.csv")
     click.echo(summary_table(out))

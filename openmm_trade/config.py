@@ -11,7 +11,10 @@ A configuration has these sections (all optional except ``[system]``)::
                     files = ["md.dcd"]; stride = 1         # your own MD (temperature needed)
     [temperatures]  range = [300.0, 600.0]; targets = [300.0, 400.0, 500.0, 600.0]
     [model]         keyword arguments of TemperatureFlow.for_system (architecture)
-    [training]      keyword arguments of ot.train (steps, batch_size, ...)
+    [training]      fields of ot.TrainingConfig (steps, batch_size, ...; its seed defaults
+                    to [compute] seed)
+                    and validate_every, validation_samples, monitor_temperatures,
+                    checkpoint_every, energy_budget (TRAINING_RUN_OPTIONS of ot.train)
     [sampling]      n = 10000                              # samples per target temperature
                     refine = false; refine_kernel = "mala"; refine_steps = 2   # SMC refinement
     [free_energy]   n = 10000; n_bootstrap = 200; refine = false
@@ -27,7 +30,9 @@ Example
 The boundary temperature T0 defaults to the top of the range: MD at the top crosses the
 barriers that MD at the bottom does not, and TRADE carries the model down the range.
 A T0 at the bottom or in the middle works too (see :mod:`openmm_trade.coverage` for a check
-that the boundary MD crossed its slow torsions' barriers).
+that the boundary MD crossed its slow torsions' barriers). The defaults of the boundary MD
+are :class:`BoundaryMD`'s, those of ``[training]`` :class:`~openmm_trade.training.TrainingConfig`'s;
+``openmm-trade md``, ``train``, ``sample`` and ``free-energy`` take theirs from here too.
 >>> validate({"system": {"name": 3}, "boundary": {"n_frames": -1}})
 Traceback (most recent call last):
 ...
@@ -43,13 +48,49 @@ import inspect
 import math
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
+
+#: seed of an ``openmm-trade`` run (``[compute] seed``, the commands' ``--seed``); the
+#: library's own default (``TrainingConfig.seed``) is 0, see its Notes
+DEFAULT_SEED = 1
+#: temperature range of a run in K (``[temperatures] range``)
+DEFAULT_TEMPERATURE_RANGE = (300.0, 600.0)
+
+
+@dataclass(frozen=True)
+class BoundaryMD:
+    """Defaults of the boundary MD that openmm-trade runs (``[boundary]``, ``openmm-trade md``).
+
+    >>> BoundaryMD().n_frames * BoundaryMD().interval_ps / 1000  # ns in total
+    10.0
+    """
+
+    #: frames in total, over all chains
+    n_frames: int = 20_000
+    #: ps between saved frames
+    interval_ps: float = 0.5
+    #: ps of equilibration of each chain before its first frame
+    equilibration_ps: float = 20.0
+    #: independent chains run in parallel; None: one per core (``ot.md.available_cores()``)
+    n_chains: int | None = None
+
+
+def boundary_temperature(temperature_range) -> float:
+    """The default T0 of a range ``[low, high]``: its top, where MD crosses the barriers
+    that MD at the bottom does not (TRADE then carries the model down the range).
+
+    >>> boundary_temperature(DEFAULT_TEMPERATURE_RANGE)
+    600.0
+    """
+    return float(temperature_range[1])
 
 
 # ---------------------------------------------------------------------------- checks
@@ -68,15 +109,21 @@ def _number(minimum: float = -math.inf, strict: bool = True) -> Callable:
     def check(value) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = ok and math.isfinite(value) and (value > minimum if strict else value >= minimum)
-        return None if ok else f"a number {op} {minimum:g}"
+        if ok:
+            return None
+        return "a finite number" if minimum == -math.inf else f"a number {op} {minimum:g}"
 
     return check
 
 
-def _integer(minimum: int = 1) -> Callable:
+def _integer(minimum: int | None = 1) -> Callable:
     def check(value) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-        return None if ok else ("an integer > 0" if minimum == 1 else f"an integer >= {minimum}")
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and (minimum is None or value >= minimum):
+            return None
+        if minimum is None:
+            return "an integer"
+        return "an integer > 0" if minimum == 1 else f"an integer >= {minimum}"
 
     return check
 
@@ -110,19 +157,19 @@ SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
     },
     "boundary": {
         "temperature": (_number(0.0), ...),  # default: the top of [temperatures] range
-        "n_frames": (_integer(1), 20_000),
-        "n_chains": (_integer(1), ...),  # default: ot.md.available_cores()
-        "interval_ps": (_number(0.0), 0.5),
-        "equilibration_ps": (_number(0.0, strict=False), 20.0),
+        "n_frames": (_integer(1), BoundaryMD.n_frames),
+        "n_chains": (_integer(1), ...),  # default (None): ot.md.available_cores()
+        "interval_ps": (_number(0.0), BoundaryMD.interval_ps),
+        "equilibration_ps": (_number(0.0, strict=False), BoundaryMD.equilibration_ps),
         "files": (_list_of(_string), ...),
         "stride": (_integer(1), 1),
     },
     "temperatures": {
-        "range": (_list_of(_number(0.0), length=2), [300.0, 600.0]),
+        "range": (_list_of(_number(0.0), length=2), list(DEFAULT_TEMPERATURE_RANGE)),
         "targets": (_list_of(_number(0.0)), [300.0, 400.0, 500.0, 600.0]),
     },
     "model": {},      # validated against TemperatureFlow.for_system's keywords
-    "training": {},   # validated against ot.train's keywords
+    "training": {},   # validated against TrainingConfig and TRAINING_RUN_OPTIONS
     "sampling": {"n": (_integer(1), 10_000), "refine": (_bool, False),
                  "refine_kernel": (_choice("mala", "hmc"), "mala"),
                  "refine_steps": (_integer(1), 2)},
@@ -133,18 +180,36 @@ SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
         "n_workers": (_integer(1), 1),
         "torch_threads": (_integer(1), 1),
         "device": (_string, "cpu"),
-        "seed": (_integer(0), 1),
+        "seed": (_integer(0), DEFAULT_SEED),
     },
     "output": {"figures": (_bool, True)},
 }
 
-#: keywords of the API functions that the run fills in itself (not settable in TOML).
-_RESERVED = {
-    "model": {"msys", "boundary", "temperature_range", "reference_temperature",
-              "boundary_temperature", "device", "dtype"},
-    "training": {"model", "energy", "boundary", "boundary_temperature", "temperature_range",
-                 "checkpoint", "resume", "history_csv", "seed", "quiet", "device"},
+#: run-control keywords of ``ot.train`` that ``[training]`` may set (the run sets the
+#: others: checkpoint, resume, history_csv, quiet, and device from ``[compute]``)
+TRAINING_RUN_OPTIONS: dict[str, Callable] = {
+    "validate_every": _integer(1),
+    "validation_samples": _integer(1),
+    "monitor_temperatures": _list_of(_number(0.0)),
+    "checkpoint_every": _integer(1),
+    "energy_budget": _integer(1),
 }
+
+#: keywords of TemperatureFlow.for_system that the run fills in itself (not in TOML)
+_MODEL_SET_BY_RUN = {"msys", "boundary", "temperature_range", "reference_temperature",
+                     "boundary_temperature", "device", "dtype", "architecture"}
+
+
+def default(section: str, key: str):
+    """The default of ``[section] key`` (a copy), e.g. for a command-line option.
+
+    >>> default("boundary", "n_frames") == BoundaryMD.n_frames
+    True
+    """
+    value = SCHEMA[section][key][1]
+    if value is ...:
+        raise KeyError(f"[{section}] {key} has no fixed default")
+    return copy.deepcopy(value)
 
 
 @dataclass
@@ -193,33 +258,19 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def _api_keywords(section: str) -> dict[str, inspect.Parameter]:
-    """Keyword parameters of the API function that a free-form section feeds."""
-    if section == "model":
-        from .flow import TemperatureFlow
+def _check_model_section(values: dict, problems: list[str]) -> None:
+    """``[model]`` keys: the fields of :class:`~openmm_trade.flow.FlowArchitecture` and the
+    other keywords of ``TemperatureFlow.for_system`` that a run does not set itself."""
+    from .flow import FlowArchitecture, TemperatureFlow
 
-        function = TemperatureFlow.for_system
-    else:
-        from .training import train
-
-        function = train
-    params = dict(inspect.signature(function).parameters)
-    if section == "model":  # for_system takes the architecture's fields as **overrides
-        from .flow import FlowArchitecture
-
-        params.update(inspect.signature(FlowArchitecture).parameters)
-    return {
-        name: p for name, p in params.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in _RESERVED[section]
-    }
-
-
-def _check_api_section(section: str, values: dict, problems: list[str]) -> None:
-    keywords = _api_keywords(section)
+    params = dict(inspect.signature(TemperatureFlow.for_system).parameters)
+    params.update(inspect.signature(FlowArchitecture).parameters)
+    keywords = {name: p for name, p in params.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and name not in _MODEL_SET_BY_RUN}
     for key, value in values.items():
         if key not in keywords:
-            problems.append(f"[{section}] {key}: unknown key; known keys: "
-                            + ", ".join(sorted(keywords)))
+            problems.append("[model] " + _unknown(key, keywords))
             continue
         default = keywords[key].default
         if default is inspect.Parameter.empty or default is None:
@@ -228,8 +279,53 @@ def _check_api_section(section: str, values: dict, problems: list[str]) -> None:
         if isinstance(default, bool):
             expected = bool
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            problems.append(f"[{section}] {key}: expected {type(default).__name__} like "
+            problems.append(f"[model] {key}: expected {type(default).__name__} like "
                             f"{default!r}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown(key: str, known) -> str:
+    return f"{key}: unknown key; known keys: " + ", ".join(sorted(known))
+
+
+def _type_check(hint) -> Callable:
+    """The check of a dataclass field's type (``X | None`` as ``X``: TOML has no None)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
+    if hint is bool:
+        return _bool
+    if hint is int:
+        return _integer(None)
+    if hint is float:
+        return _number()
+    if hint is str:
+        return _string
+    raise TypeError(f"no TOML check for fields of type {hint!r}")
+
+
+def _check_training_section(values: dict, problems: list[str]) -> None:
+    """``[training]`` keys: :class:`~openmm_trade.training.TrainingConfig` fields (their
+    types, then their values as ``TrainingConfig`` checks them) and
+    :data:`TRAINING_RUN_OPTIONS`."""
+    from .training import TrainingConfig
+
+    hints = typing.get_type_hints(TrainingConfig)
+    checks = {f.name: _type_check(hints[f.name]) for f in fields(TrainingConfig)}
+    checks.update(TRAINING_RUN_OPTIONS)
+    well_typed = True
+    for key, value in values.items():
+        if key not in checks:
+            problems.append("[training] " + _unknown(key, checks))
+            continue
+        expected = checks[key](value)
+        if expected:
+            well_typed = False
+            problems.append(f"[training] {key}: expected {expected}, got {value!r} "
+                            f"({type(value).__name__})")
+    if well_typed:
+        try:
+            TrainingConfig(**{k: v for k, v in values.items() if k in hints})
+        except InputError as error:
+            problems.append(f"[training] {error}")
 
 
 def validate(data: dict, source: str = "<config>", check_api: bool = True) -> RunConfig:
@@ -242,7 +338,8 @@ def validate(data: dict, source: str = "<config>", check_api: bool = True) -> Ru
     source : str
         File name used in messages.
     check_api : bool
-        Also check ``[model]``/``[training]`` keys against the API signatures.
+        Also check ``[model]`` keys against ``TemperatureFlow.for_system`` and
+        ``[training]`` keys against ``TrainingConfig`` (this imports torch).
 
     Raises
     ------
@@ -274,7 +371,8 @@ def validate(data: dict, source: str = "<config>", check_api: bool = True) -> Ru
                 if key not in values and default is not ...:
                     values[key] = copy.deepcopy(default)
         elif check_api and values:
-            _check_api_section(section, values, problems)
+            (_check_model_section if section == "model" else _check_training_section)(
+                values, problems)
         sections[section] = values
     _check_relations(sections, problems)
     _raise_problems(source, problems)
@@ -314,7 +412,7 @@ def _check_relations(sections: dict[str, dict], problems: list[str]) -> None:
                                 f"{t_range}, got {outside}")
         t0 = sections["boundary"].get("temperature")
         if t0 is None and "files" not in sections["boundary"]:
-            sections["boundary"]["temperature"] = t0 = high
+            sections["boundary"]["temperature"] = t0 = boundary_temperature(t_range)
         if _number(0.0)(t0) is None and not low <= t0 <= high:
             problems.append(f"[boundary] temperature: expected a value within "
                             f"[temperatures] range {t_range}, got {t0}")

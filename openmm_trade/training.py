@@ -6,7 +6,8 @@ the TRADE objective of :mod:`openmm_trade.trade`::
 
     L(t) = L_boundary(T0) + λ(t) · L_TRADE
 
-Schedule (``t`` is the step):
+Schedule (``t`` is the step; the settings named here are the fields of
+:class:`TrainingConfig`, where their defaults are documented):
 
 * ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
   ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
@@ -22,20 +23,20 @@ Schedule (``t`` is the step):
   the end.
 * then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
   condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
-  each end, in β) to the whole range over ``widen_steps`` (default ``ramp_steps``).
-  Conditions are drawn uniformly in β or in log T (``condition_sampling``) between the
-  current bounds, so ``T0`` may sit at the bottom, the top or inside the range.
+  each end, in β) to the whole range over ``widen_steps``. Conditions are drawn uniformly
+  in β or in log T (``condition_sampling``) between the current bounds, so ``T0`` may sit
+  at the bottom, the top or inside the range.
 * With data, ``kl_weight > 0`` adds the reverse KL at ``T0``,
   ``E_{x~p(·|T0)}[β0 U(x) + log p_θ(x|T0)]``, to the NLL (Noé et al. 2019): from step
-  ``kl_start`` (default ``steps // 10``) its weight ramps linearly to ``kl_weight`` over
-  ``kl_ramp_steps`` (default ``steps // 10``). Gradients flow through the forces. The
-  force field then corrects the model where a few thousand correlated MD frames cannot,
-  which is what limits the ESS of a likelihood-only fit (over-fitting).
+  ``kl_start`` its weight ramps linearly to ``kl_weight`` over ``kl_ramp_steps``.
+  Gradients flow through the forces. The force field then corrects the model where a few
+  thousand correlated MD frames cannot, which is what limits the ESS of a likelihood-only
+  fit (over-fitting).
 * Reduced energies more than ``energy_cutoff`` k_B T0 above the boundary data's mean
   (above 0 without data) enter the reverse KL, the TRADE residual and the ⟨U⟩ grid
   logarithmically (:func:`~openmm_trade.trade.soften_energies`): a sterically clashing
   flow sample then cannot dominate a step.
-* AdamW (``weight_decay``, default 0: plain Adam) with a cosine (or step) learning-rate
+* AdamW (``weight_decay``; 0 is plain Adam) with a cosine (or step) learning-rate
   schedule and gradient-norm clipping.
 
 Robustness: a step whose loss, gradient or energies are non-finite is skipped — the
@@ -81,7 +82,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,8 @@ DEFAULT_KL_WEIGHT = 0.0
 DEFAULT_HOLDOUT_FRACTION = 0.1
 #: number of held-out evaluations over the likelihood phase by default (``holdout_every``)
 _HOLDOUT_EVALUATIONS = 40
+#: flow samples per monitor temperature at each validation (``train``'s ``validation_samples``)
+DEFAULT_VALIDATION_SAMPLES = 512
 #: name of the checkpoint file when ``checkpoint`` is a folder
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "openmm_trade.training/1"
@@ -126,48 +129,114 @@ class TrainingDivergedError(OpenMMTradeError, RuntimeError):
 # ---------------------------------------------------------------------------- config
 @dataclass
 class TrainingConfig:
-    """Hyperparameters of a training run (stored in checkpoints and compared on resume).
+    """The settings of a training run, each with its default (stored in checkpoints).
 
-    See :func:`train` for the meaning of each field.
+    :func:`train` takes a ``TrainingConfig`` and/or its field names as keywords
+    (``train(..., steps=300, trade_weight=1.0)``). Fields left ``None`` are derived from the
+    others when training starts (:meth:`resolved`).
+
+    Notes
+    -----
+    Why some defaults are what they are:
+
+    * ``trade_weight`` 0.3 was the best of 0.1/0.3/1.0 on vacuum alanine dipeptide (with the
+      earlier schedule of 1000 steps, one fifth of them boundary fit, and flow samples as
+      the only evaluation points: ESS at 300/450/600 K 0.4/1.0/0.8 %, 3.7/2.4/0.6 %, and a
+      collapse to 0.01 % at λ = 1; not re-tuned since); the analytic toys train well with
+      λ = 1. Residuals are in units of ``k_B T0``; 0 gives an NLL-only run.
+    * ``loss`` "huber" (``huber_delta`` 1 k_B T0): flow samples in the far tails, e.g. at the
+      edge of a bounded coordinate where the exact density is ~e^-100, have residuals of
+      hundreds of k_B T0 that no model can remove, and under the MSE they dominate the
+      gradient.
+    * ``evaluation_points`` "auto": the boundary data alone when ``T0`` is the top of the
+      range (they cover every lower temperature), boundary data and flow samples otherwise
+      (flow samples alone without data). Measured on vacuum alanine dipeptide: flow samples
+      alone let the transfer run away (the residual grew from ~10 to ~10³ k_B T0 and the NLL
+      at T0 fell apart once the conditions reached the far end); with boundary points in the
+      mix it stayed stable.
+    * ``warmup_steps`` ``2 * steps // 3``: TRADE starts from a converged fit at T0, since
+      transferring a half-fitted model spreads its errors over the whole range.
+    * ``seed`` 0: the library default since the first release (the tests' fixed-seed
+      margins were checked with it); ``openmm-trade`` runs use
+      :data:`openmm_trade.config.DEFAULT_SEED` instead, which is 1.
+
+    Examples
+    --------
+    >>> config = TrainingConfig(steps=300)
+    >>> config.warmup_steps is None, config.resolved().warmup_steps
+    (True, 200)
+    >>> TrainingConfig(stepz=3)
+    Traceback (most recent call last):
+    ...
+    TypeError: TrainingConfig.__init__() got an unexpected keyword argument 'stepz'
     """
 
-    boundary_temperature: float
-    temperature_range: tuple[float, float]
+    #: optimisation steps (default 1500: ~6 min for alanine dipeptide on one core)
     steps: int = DEFAULT_STEPS
+    #: boundary samples per step (NLL)
     batch_size: int = 256
+    #: TRADE evaluation points per step
     trade_batch_size: int = 256
+    #: initial learning rate of AdamW
     learning_rate: float = 1e-3
+    #: AdamW's weight decay (0: plain Adam)
     weight_decay: float = 0.0
+    #: learning-rate schedule: "cosine", "step" or "constant" (:class:`LearningRateFactor`)
     schedule: str = "cosine"
+    #: learning rate at the end of the schedule, as a fraction of ``learning_rate``
     final_learning_rate_factor: float = 0.05
+    #: gradient-norm clipping threshold
     grad_clip: float = 10.0
+    #: final weight λ of the TRADE term (residuals in k_B T0; 0: an NLL-only run)
     trade_weight: float = DEFAULT_TRADE_WEIGHT
+    #: residual penalty: "huber" or "mse"
     loss: str = "huber"
+    #: Huber threshold in k_B T0
     huber_delta: float = 1.0
+    #: ⟨U⟩_β from a cached EMA "grid" or from fresh importance samples ("continuous")
     mean_energy: str = "grid"
+    #: where residuals are evaluated: "auto", "flow", "boundary" or "both"
     evaluation_points: str = "auto"
+    #: boundary-only steps before TRADE starts (None: ``2 * steps // 3``)
     warmup_steps: int | None = None
+    #: steps over which λ ramps up after the warmup (None: ``steps // 6``)
     ramp_steps: int | None = None
+    #: steps over which the condition range widens to the whole range (None: ``ramp_steps``)
     widen_steps: int | None = None
+    #: starting width of the condition range, a fraction of the way from T0 to each end in β
     initial_width: float = 0.1
+    #: conditions drawn uniformly in "log_temperature" or in "beta"
     condition_sampling: str = "log_temperature"
+    #: temperatures per TRADE step (None: ``trade_batch_size`` on the grid, else up to 4)
     n_conditions: int | None = None
+    #: nodes of the ⟨U⟩ grid
     grid_size: int = 16
+    #: flow samples per grid node refresh
     grid_samples: int = 256
+    #: grid nodes refreshed per step
     grid_nodes_per_step: int = 2
+    #: weight of a refresh in the grid's exponential moving average
     grid_ema: float = 0.2
+    #: flow samples of the reverse KL at T0 (None: ``batch_size``)
     reverse_kl_samples: int | None = None
+    #: weight of the reverse KL at T0 added to the NLL when boundary data are given
     kl_weight: float = DEFAULT_KL_WEIGHT
+    #: step from which the reverse-KL weight ramps up (None: ``steps // 10``)
     kl_start: int | None = None
+    #: steps of the reverse-KL weight's ramp (None: ``steps // 10``)
     kl_ramp_steps: int | None = None
+    #: k_B T0 above the data's mean reduced energy where energies are softened (None: never)
     energy_cutoff: float | None = 100.0
+    #: fraction of each chain's last boundary frames held out of the fit (0: train on all)
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    #: steps between held-out evaluations in the likelihood phase (None: 40 over the phase)
     holdout_every: int | None = None
+    #: seed of every random draw of the loop (same seed, same result on CPU); see Notes
     seed: int = 0
+    #: consecutive skipped (non-finite) steps after which training stops
     max_consecutive_skips: int = 100
 
     def __post_init__(self) -> None:
-        self.temperature_range = tuple(float(t) for t in self.temperature_range)
         for name in ("steps", "batch_size", "trade_batch_size", "grid_size", "grid_samples",
                      "grid_nodes_per_step", "max_consecutive_skips"):
             _positive_int(getattr(self, name), name)
@@ -201,45 +270,69 @@ class TrainingConfig:
         _one_of(self.condition_sampling, "condition_sampling", ("beta", "log_temperature"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an int, got {self.seed!r}")
-        if self.warmup_steps is None:
-            self.warmup_steps = 2 * self.steps // 3
-        if self.ramp_steps is None:
-            self.ramp_steps = max(self.steps // 6, 1)
-        if self.widen_steps is None:
-            self.widen_steps = self.ramp_steps
-        if self.n_conditions is None:
-            self.n_conditions = (self.trade_batch_size if self.mean_energy == "grid"
-                                 else min(4, self.trade_batch_size))
-        if self.trade_batch_size % self.n_conditions:
+        n_conditions = self._derived()["n_conditions"]
+        if self.trade_batch_size % n_conditions:
             raise InputError(f"trade_batch_size ({self.trade_batch_size}) must be a multiple of "
-                             f"n_conditions ({self.n_conditions})")
-        if self.reverse_kl_samples is None:
-            self.reverse_kl_samples = self.batch_size
-        if self.kl_start is None:
-            self.kl_start = self.steps // 10
-        if self.kl_ramp_steps is None:
-            self.kl_ramp_steps = max(self.steps // 10, 1)
-        if self.holdout_every is None:
-            self.holdout_every = max(self.likelihood_steps // _HOLDOUT_EVALUATIONS, 1)
+                             f"n_conditions ({n_conditions})")
+
+    def _derived(self) -> dict:
+        """Every field that may be ``None``, with the value it has or is derived to."""
+        steps = self.steps
+        warmup = 2 * steps // 3 if self.warmup_steps is None else self.warmup_steps
+        ramp = max(steps // 6, 1) if self.ramp_steps is None else self.ramp_steps
+        likelihood_steps = min(warmup if self.trade_weight > 0 else steps, steps)
+        derived = {
+            "warmup_steps": warmup,
+            "ramp_steps": ramp,
+            "widen_steps": ramp,
+            "n_conditions": (self.trade_batch_size if self.mean_energy == "grid"
+                             else min(4, self.trade_batch_size)),
+            "reverse_kl_samples": self.batch_size,
+            "kl_start": steps // 10,
+            "kl_ramp_steps": max(steps // 10, 1),
+            "holdout_every": max(likelihood_steps // _HOLDOUT_EVALUATIONS, 1),
+        }
+        return {name: value if getattr(self, name) is None else getattr(self, name)
+                for name, value in derived.items()}
+
+    def resolved(self) -> TrainingConfig:
+        """A copy with every derived setting (a field left ``None``) filled in."""
+        return replace(self, **self._derived())
 
     @property
     def likelihood_steps(self) -> int:
         """Steps of the likelihood phase: the warmup, or the whole run without TRADE."""
-        return min(self.warmup_steps if self.trade_weight > 0 else self.steps, self.steps)
+        warmup = self._derived()["warmup_steps"]
+        return min(warmup if self.trade_weight > 0 else self.steps, self.steps)
 
     #: fields that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("steps", "max_consecutive_skips")
 
-    def differences(self, other: dict) -> list[str]:
-        """Fields (other than :attr:`RESUMABLE_CHANGES`) that differ from ``other``."""
-        mine = asdict(self)
-        # options added after a checkpoint was written (absent from it) are not compared
-        return [
-            f"{key}: checkpoint {other.get(key)!r}, now {value!r}"
-            for key, value in mine.items()
-            if key not in self.RESUMABLE_CHANGES and key in other
-            and _normalise(other.get(key)) != _normalise(value)
-        ]
+
+def _differences(mine: dict, other: dict) -> list[str]:
+    """Settings (other than :attr:`TrainingConfig.RESUMABLE_CHANGES`) that differ."""
+    # options added after a checkpoint was written (absent from it) are not compared
+    return [
+        f"{key}: checkpoint {other.get(key)!r}, now {value!r}"
+        for key, value in mine.items()
+        if key not in TrainingConfig.RESUMABLE_CHANGES and key in other
+        and _normalise(other.get(key)) != _normalise(value)
+    ]
+
+
+def _training_config(config: TrainingConfig | None, overrides: dict) -> TrainingConfig:
+    """``config`` (default: :class:`TrainingConfig`'s defaults) with ``overrides`` applied."""
+    if config is None:
+        config = TrainingConfig()
+    elif not isinstance(config, TrainingConfig):
+        raise InputError(f"config must be a TrainingConfig, got {type(config).__name__} "
+                         f"{config!r} (give temperature_range= by name)")
+    fields = TrainingConfig.__dataclass_fields__
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise InputError(f"unknown training option(s) {unknown}: expected fields of "
+                         f"TrainingConfig: {', '.join(fields)}")
+    return replace(config, **overrides)
 
 
 def _normalise(value):
@@ -482,6 +575,30 @@ def _evaluation_points(requested: str, have_boundary: bool, t0: float, t_max: fl
     return "boundary" if t0 >= t_max else "both"
 
 
+def _temperatures(model, boundary_temperature, temperature_range):
+    """``T0`` and ``(T_min, T_max)`` in K, checked against each other and the model's range
+    (the default range)."""
+    t0 = check_temperature(boundary_temperature, "boundary_temperature")
+    if not isinstance(t0, float):
+        raise InputError(f"boundary_temperature must be one temperature in K, got {t0!r}")
+    model_range = tuple(float(t) for t in model.temperature_range)
+    if temperature_range is None:
+        temperature_range = model_range
+    try:
+        t_min, t_max = (check_temperature(t, "temperature_range") for t in temperature_range)
+    except TypeError:
+        raise InputError("temperature_range must be (T_min, T_max) in K, got "
+                         f"{temperature_range!r}") from None
+    if not t_min <= t0 <= t_max:
+        raise InputError(f"boundary_temperature must lie in temperature_range "
+                         f"[{t_min:g}, {t_max:g}] K, got {t0:g} K")
+    tolerance = 1e-9 * t_max
+    if t_min < model_range[0] - tolerance or t_max > model_range[1] + tolerance:
+        raise InputError(f"temperature_range [{t_min:g}, {t_max:g}] K must lie inside the "
+                         f"model's range [{model_range[0]:g}, {model_range[1]:g}] K")
+    return t0, (t_min, t_max)
+
+
 def _checkpoint_file(checkpoint: PathLike | None) -> Path | None:
     """A checkpoint file from a file path or a folder (``<folder>/checkpoint.pt``)."""
     if checkpoint is None:
@@ -510,6 +627,13 @@ class Trainer:
 
     Attributes
     ----------
+    config : TrainingConfig
+        The settings of the run, with every derived one filled in
+        (:meth:`TrainingConfig.resolved`).
+    boundary_temperature : float
+        T0 in K.
+    temperature_range : (float, float)
+        The range trained over, in K.
     step : int
         Steps done.
     history : TrainingHistory
@@ -537,10 +661,11 @@ class Trainer:
         energy: Energy,
         boundary,
         boundary_temperature: float,
-        temperature_range: tuple[float, float] | None = None,
+        config: TrainingConfig | None = None,
         *,
+        temperature_range: tuple[float, float] | None = None,
         validate_every: int | None = None,
-        validation_samples: int = 512,
+        validation_samples: int = DEFAULT_VALIDATION_SAMPLES,
         monitor_temperatures=None,
         checkpoint: PathLike | None = None,
         checkpoint_every: int | None = None,
@@ -549,7 +674,7 @@ class Trainer:
         quiet: bool = False,
         energy_budget: int | None = None,
         device: str | torch.device | None = None,
-        **hyperparameters,
+        **overrides,
     ) -> None:
         if not isinstance(energy, Energy):
             raise InputError(f"energy must be an openmm_trade Energy, got {type(energy).__name__}")
@@ -565,64 +690,13 @@ class Trainer:
             raise InputError(f"energy event_shape {tuple(energy.event_shape)} does not match the "
                              f"model's {event_shape}")
 
-        t0 = check_temperature(boundary_temperature, "boundary_temperature")
-        if not isinstance(t0, float):
-            raise InputError(f"boundary_temperature must be one temperature in K, got {t0!r}")
-        model_range = tuple(float(t) for t in model.temperature_range)
-        if temperature_range is None:
-            temperature_range = model_range
-        try:
-            t_min, t_max = (check_temperature(t, "temperature_range") for t in temperature_range)
-        except TypeError:
-            raise InputError("temperature_range must be (T_min, T_max) in K, got "
-                             f"{temperature_range!r}") from None
-        if not t_min <= t0 <= t_max:
-            raise InputError(f"boundary_temperature must lie in temperature_range "
-                             f"[{t_min:g}, {t_max:g}] K, got {t0:g} K")
-        tolerance = 1e-9 * t_max
-        if t_min < model_range[0] - tolerance or t_max > model_range[1] + tolerance:
-            raise InputError(f"temperature_range [{t_min:g}, {t_max:g}] K must lie inside the "
-                             f"model's range [{model_range[0]:g}, {model_range[1]:g}] K")
-        unknown = sorted(set(hyperparameters) - set(TrainingConfig.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"unknown training option(s) {unknown}; known: "
-                             f"{sorted(TrainingConfig.__dataclass_fields__)}")
-        self.config = TrainingConfig(boundary_temperature=t0, temperature_range=(t_min, t_max),
-                                     **hyperparameters)
+        t0, (t_min, t_max) = _temperatures(model, boundary_temperature, temperature_range)
+        self.boundary_temperature, self.temperature_range = t0, (float(t_min), float(t_max))
+        self.config = _training_config(config, overrides).resolved()
         cfg = self.config
-
-        self.validate_every = (None if validate_every is None
-                               else _positive_int(validate_every, "validate_every"))
-        self.validation_samples = _positive_int(validation_samples, "validation_samples")
-        if monitor_temperatures is None:
-            monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
-                                          else {t_min, 0.5 * (t_min + t_max), t_max})
-        self.monitor_temperatures = [float(check_temperature(t, "monitor_temperatures"))
-                                     for t in np.atleast_1d(np.asarray(monitor_temperatures))]
-        self.checkpoint_path = _checkpoint_file(checkpoint)
-        self.checkpoint_every = (None if checkpoint_every is None
-                                 else _positive_int(checkpoint_every, "checkpoint_every"))
-        if self.checkpoint_every is not None and self.checkpoint_path is None:
-            raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
-        self.history_csv = None if history_csv is None else Path(history_csv)
-        self.quiet = bool(quiet)
-        self.energy_budget = (None if energy_budget is None
-                              else _positive_int(energy_budget, "energy_budget"))
-
-        dtype = getattr(model, "dtype", torch.float32)
-        self.boundary = _boundary_tensor(boundary, event_shape)
-        self.holdout = None
-        if self.boundary is not None:
-            self.boundary = self.boundary.to(device=self.device, dtype=dtype)
-            chains = getattr(boundary, CHAIN_ATTRIBUTE, None)
-            kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
-            if held.size:
-                self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
-        self.evaluation_points = _evaluation_points(
-            cfg.evaluation_points, self.boundary is not None, t0, t_max)
-        if self.evaluation_points != "flow" and self.boundary is None:
-            raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
-                             "samples, got boundary=None")
+        self._set_run_control(validate_every, validation_samples, monitor_temperatures,
+                              checkpoint, checkpoint_every, history_csv, quiet, energy_budget)
+        self._set_boundary(boundary, event_shape)
         self._energy_seen = energy.n_evaluations
         self.counters = {"skipped_steps": 0, "nonfinite_losses": 0, "nonfinite_energies": 0,
                          "energy_evaluations": 0, "consecutive_skips": 0}
@@ -647,22 +721,70 @@ class Trainer:
         self._wall_offset = 0.0
         self._seed_everything(cfg.seed)
 
-        resume_from = None
-        if resume is True:
-            if self.checkpoint_path is None:
-                raise InputError("resume=True needs checkpoint= (a file or folder), got none")
-            resume_from = self.checkpoint_path if self.checkpoint_path.exists() else None
-        elif resume not in (False, None):
-            resume_from = Path(resume)
-            if resume_from.is_dir():
-                resume_from = resume_from / CHECKPOINT_NAME
-            if not resume_from.exists():
-                raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
+        resume_from = self._resume_source(resume)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         self._beta_ends = (beta_from_temperature(t_max), beta_from_temperature(t_min))
 
     # ------------------------------------------------------------------ setup
+    def _set_run_control(self, validate_every, validation_samples, monitor_temperatures,
+                         checkpoint, checkpoint_every, history_csv, quiet,
+                         energy_budget) -> None:
+        """Check and keep the run-control keywords of :func:`train`."""
+        t0, (t_min, t_max) = self.boundary_temperature, self.temperature_range
+        self.validate_every = (None if validate_every is None
+                               else _positive_int(validate_every, "validate_every"))
+        self.validation_samples = _positive_int(validation_samples, "validation_samples")
+        if monitor_temperatures is None:
+            monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
+                                          else {t_min, 0.5 * (t_min + t_max), t_max})
+        self.monitor_temperatures = [float(check_temperature(t, "monitor_temperatures"))
+                                     for t in np.atleast_1d(np.asarray(monitor_temperatures))]
+        self.checkpoint_path = _checkpoint_file(checkpoint)
+        self.checkpoint_every = (None if checkpoint_every is None
+                                 else _positive_int(checkpoint_every, "checkpoint_every"))
+        if self.checkpoint_every is not None and self.checkpoint_path is None:
+            raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
+        self.history_csv = None if history_csv is None else Path(history_csv)
+        self.quiet = bool(quiet)
+        self.energy_budget = (None if energy_budget is None
+                              else _positive_int(energy_budget, "energy_budget"))
+
+    def _set_boundary(self, boundary, event_shape: tuple[int, ...]) -> None:
+        """The boundary samples as a tensor on the model's device, split into training and
+        held-out frames, and the resolved ``evaluation_points``."""
+        cfg = self.config
+        dtype = getattr(self.model, "dtype", torch.float32)
+        self.boundary = _boundary_tensor(boundary, event_shape)
+        self.holdout = None
+        if self.boundary is not None:
+            self.boundary = self.boundary.to(device=self.device, dtype=dtype)
+            chains = getattr(boundary, CHAIN_ATTRIBUTE, None)
+            kept, held = holdout_split(self.boundary.shape[0], cfg.holdout_fraction, chains)
+            if held.size:
+                self.boundary, self.holdout = self.boundary[kept], self.boundary[held]
+        self.evaluation_points = _evaluation_points(
+            cfg.evaluation_points, self.boundary is not None, self.boundary_temperature,
+            self.temperature_range[1])
+        if self.evaluation_points != "flow" and self.boundary is None:
+            raise InputError(f"evaluation_points={cfg.evaluation_points!r} needs boundary "
+                             "samples, got boundary=None")
+
+    def _resume_source(self, resume: bool | PathLike) -> Path | None:
+        """The checkpoint to continue from (``None``: start afresh)."""
+        if resume is True:
+            if self.checkpoint_path is None:
+                raise InputError("resume=True needs checkpoint= (a file or folder), got none")
+            return self.checkpoint_path if self.checkpoint_path.exists() else None
+        if resume in (False, None):
+            return None
+        resume_from = Path(resume)
+        if resume_from.is_dir():
+            resume_from = resume_from / CHECKPOINT_NAME
+        if not resume_from.exists():
+            raise InputError(f"resume checkpoint {str(resume_from)!r} does not exist")
+        return resume_from
+
     def _seed_everything(self, seed: int) -> None:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -876,7 +998,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         log_w = overlap_log_weights(self.model, self.energy, self.holdout,
-                                    self.config.boundary_temperature,
+                                    self.boundary_temperature,
                                     energies=self._holdout_energies)
         self.model.train(was_training)
         self._wall_offset += time.perf_counter() - started
@@ -974,12 +1096,17 @@ class Trainer:
             self.history.to_csv(self.history_csv)
 
     # ------------------------------------------------------------------ checkpoints
+    def _settings(self) -> dict:
+        """T0, the range and the training settings: what a checkpoint must match."""
+        return {"boundary_temperature": self.boundary_temperature,
+                "temperature_range": self.temperature_range, **asdict(self.config)}
+
     def state_dict(self) -> dict:
         """Everything needed to continue this run exactly."""
         return {
             "format": _FORMAT,
             "step": self.step,
-            "config": asdict(self.config),
+            "config": self._settings(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -1023,7 +1150,7 @@ class Trainer:
         if found != _FORMAT:
             raise CheckpointError(f"{expected}, found " + (f"a file of format {found!r}" if found
                                                           else f"a saved {type(state).__name__}"))
-        differences = self.config.differences(state["config"])
+        differences = _differences(self._settings(), state["config"])
         if differences:
             raise CheckpointError(f"checkpoint {path}: expected the settings of this run, "
                                   "found other ones: "
@@ -1065,30 +1192,28 @@ def train(
     energy: Energy,
     boundary,
     boundary_temperature: float,
+    config: TrainingConfig | None = None,
+    *,
     temperature_range: tuple[float, float] | None = None,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int = 256,
-    trade_batch_size: int = 256,
-    learning_rate: float = 1e-3,
-    trade_weight: float = DEFAULT_TRADE_WEIGHT,
-    loss: str = "huber",
-    mean_energy: str = "grid",
-    evaluation_points: str = "auto",
-    warmup_steps: int | None = None,
-    ramp_steps: int | None = None,
     validate_every: int | None = None,
+    validation_samples: int = DEFAULT_VALIDATION_SAMPLES,
     monitor_temperatures=None,
     checkpoint: PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool | PathLike = False,
     history_csv: PathLike | None = None,
-    seed: int = 0,
     quiet: bool = False,
     energy_budget: int | None = None,
     device: str | torch.device | None = None,
-    **options,
+    **overrides,
 ) -> TrainingHistory:
     """Train a conditional flow over a temperature range with TRADE.
+
+    The training settings (steps, batch sizes, learning rate, ``trade_weight``, schedules,
+    seed, ...) are the fields of :class:`TrainingConfig`, where each is documented with its
+    default: pass a ``config``, or field names as keywords (``overrides``), or both. The
+    keywords named below control the run (validation, checkpoints, output) and do not
+    change the trained parameters.
 
     Parameters
     ----------
@@ -1099,92 +1224,57 @@ def train(
     boundary : mdtraj.Trajectory, array, tensor or None
         Samples at ``boundary_temperature``: a trajectory (xyz in nm, ``(M, N, 3)``) or
         ``(M, *event_shape)`` values. ``None``: the boundary term is the reverse KL at T0.
+        With MD frames, keep them in time order: the held-out part
+        (``holdout_fraction``) is then the latest stretch of each chain, which correlated
+        neighbours of training frames do not flatter.
     boundary_temperature : float
         ``T0`` in K; must lie in ``temperature_range`` (bottom, top or inside).
+    config : TrainingConfig, optional
+        The training settings (default: ``TrainingConfig()``).
     temperature_range : (float, float), optional
         Range in K to train over; defaults to ``model.temperature_range``.
-    steps : int
-        Optimisation steps (default 1500: ~6 min for alanine dipeptide on one core).
-    batch_size : int
-        Boundary samples per step (NLL) or reverse-KL samples.
-    trade_batch_size : int
-        TRADE evaluation points per step.
-    learning_rate : float
-        Adam's initial learning rate.
-    trade_weight : float
-        Final ``λ`` (residuals in units of ``k_B T0``; 0 gives an NLL-only run). The
-        default 0.3 was the best of 0.1/0.3/1.0 on vacuum alanine dipeptide (with the
-        earlier schedule of 1000 steps, one fifth of them boundary fit, and flow samples as
-        the only evaluation points: ESS at 300/450/600 K 0.4/1.0/0.8 %, 3.7/2.4/0.6 %, and a
-        collapse to 0.01 % at λ = 1; not re-tuned since); the analytic toys train well
-        with λ = 1.
-    loss : {"huber", "mse"}
-        Residual penalty (default Huber with ``huber_delta=1`` k_B T0: flow samples in
-        the far tails, e.g. at the edge of a bounded coordinate where the exact density is
-        ~e^-100, have residuals of hundreds of k_B T0 that no model can remove, and under
-        the MSE they dominate the gradient).
-    mean_energy : {"grid", "continuous"}
-        ``⟨U⟩_β`` from a cached EMA grid or from fresh importance samples per condition.
-    evaluation_points : {"auto", "flow", "boundary", "both"}
-        Where residuals are evaluated. ``"auto"``: the boundary data alone when ``T0`` is
-        the top of the range (they cover every lower temperature), boundary data and flow
-        samples otherwise (flow samples alone without data). Measured on vacuum alanine
-        dipeptide: flow samples alone let the transfer run away (the residual grew from
-        ~10 to ~10³ k_B T0 and the NLL at T0 fell apart once the conditions reached the
-        far end), with boundary points in the mix it stayed stable.
-    warmup_steps, ramp_steps : int, optional
-        Boundary-only steps (default ``2 * steps // 3``: TRADE starts from a converged
-        fit at T0, since transferring a half-fitted model spreads its errors over the whole
-        range), then steps over which ``λ`` ramps up and the condition range widens
-        (default ``steps // 6``).
     validate_every : int, optional
         Validate (ESS, ⟨U⟩, residual per monitor temperature) every this many steps and
         at the end.
+    validation_samples : int
+        Flow samples per monitor temperature at a validation.
     monitor_temperatures : sequence of float, optional
         Default: the two ends of the range and T0 (or the middle when T0 is an end).
     checkpoint : path, optional
         Checkpoint file, or a folder (``<folder>/checkpoint.pt``); written atomically at
         the end and every ``checkpoint_every`` steps.
+    checkpoint_every : int, optional
+        Steps between checkpoints (needs ``checkpoint``).
     resume : bool or path
         ``True``: continue from ``checkpoint`` if it exists; a path: continue from it.
     history_csv : path, optional
         Write the history as CSV (atomically) at validations, checkpoints and the end.
-    seed : int
-        Seed of every random draw (same seed → same result on CPU).
     quiet : bool
         No progress bar (also off when stderr is not a terminal).
     energy_budget : int, optional
         Stop once this many energy evaluations have been spent.
     device : str or torch.device, optional
         Move the model there (default: where it is).
-    **options
-        Further :class:`TrainingConfig` fields: ``schedule`` ("cosine", "step",
-        "constant"), ``final_learning_rate_factor``, ``grad_clip``, ``huber_delta``,
-        ``widen_steps``, ``initial_width``, ``condition_sampling`` ("log_temperature",
-        "beta"), ``n_conditions``, ``grid_size``, ``grid_samples``, ``grid_nodes_per_step``,
-        ``grid_ema``, ``reverse_kl_samples``, ``max_consecutive_skips``, ``weight_decay``
-        (AdamW, default 0), ``kl_weight`` (reverse KL at T0 added to the NLL, default
-        :data:`DEFAULT_KL_WEIGHT`), ``kl_start``, ``kl_ramp_steps``, ``energy_cutoff``
-        (k_B T0 above the data's mean reduced energy where energies start to be softened
-        in the reverse KL and the TRADE residual, default 100; ``None``: no softening);
-        ``holdout_fraction`` (default :data:`DEFAULT_HOLDOUT_FRACTION` = 0.1: the last
-        tenth of the boundary frames, in the order given, is held out of the fit; ``0``:
-        train on all; fewer than 2 held-out frames: no split); ``holdout_every``
-        (held-out evaluations in the likelihood phase, default 40 over the phase); and
-        ``validation_samples`` (default 512).
-
-        The held-out frames pick the parameters of the likelihood phase (lowest held-out
-        NLL, restored before TRADE starts) and give the overlap σ
-        (``history.overlap_sigma``). A model with a ``metadata`` dict (``TemperatureFlow``,
-        whose ``save`` keeps it) receives ``history.summary`` at the end.
-        With MD frames, keep them in time order: the held-out part is then the latest
-        stretch of the trajectory, which correlated neighbours of training frames do not
-        flatter.
+    **overrides
+        :class:`TrainingConfig` fields, replacing those of ``config``.
 
     Returns
     -------
     TrainingHistory
         One record per step done (``len(history)``), with validation columns.
+
+    Raises
+    ------
+    InputError
+        An unknown setting (naming it and the fields of :class:`TrainingConfig`), a value
+        out of range, or inputs that do not fit each other.
+
+    Notes
+    -----
+    The held-out frames pick the parameters of the likelihood phase (lowest held-out NLL,
+    restored before TRADE starts) and give the overlap σ (``history.overlap_sigma``). A
+    model with a ``metadata`` dict (``TemperatureFlow``, whose ``save`` keeps it) receives
+    ``history.summary`` at the end.
 
     Examples
     --------
@@ -1192,23 +1282,19 @@ def train(
     >>> from openmm_trade.toys import TorsionBond2D
     >>> toy = TorsionBond2D()
     >>> model = ConditionalFlow(toy.domains, 600.0, (300.0, 600.0), hidden=8, n_blocks=1)
-    >>> history = train(model, toy, toy.sample(1000, 600.0, seed=0), 600.0, steps=6,
-    ...                 batch_size=32, trade_batch_size=16, warmup_steps=2, ramp_steps=2,
-    ...                 validate_every=3, quiet=True)
+    >>> settings = TrainingConfig(steps=6, batch_size=32, trade_batch_size=16)
+    >>> history = train(model, toy, toy.sample(1000, 600.0, seed=0), 600.0, settings,
+    ...                 warmup_steps=2, ramp_steps=2, validate_every=3, quiet=True)
     >>> [round(t) for t in (history.last["t_low"], history.last["t_high"])]
     [300, 600]
     >>> sorted(k for k in history.last if k.startswith("ess_"))
     ['ess_300K', 'ess_450K', 'ess_600K']
     """
-    validation_samples = options.pop("validation_samples", 512)
     trainer = Trainer(
-        model, energy, boundary, boundary_temperature, temperature_range,
-        validate_every=validate_every, validation_samples=validation_samples,
-        monitor_temperatures=monitor_temperatures, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, resume=resume, history_csv=history_csv,
-        quiet=quiet, energy_budget=energy_budget, device=device,
-        steps=steps, batch_size=batch_size, trade_batch_size=trade_batch_size,
-        learning_rate=learning_rate, trade_weight=trade_weight, loss=loss,
-        mean_energy=mean_energy, evaluation_points=evaluation_points,
-        warmup_steps=warmup_steps, ramp_steps=ramp_steps, seed=seed, **options)
+        model, energy, boundary, boundary_temperature, config,
+        temperature_range=temperature_range, validate_every=validate_every,
+        validation_samples=validation_samples, monitor_temperatures=monitor_temperatures,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        history_csv=history_csv, quiet=quiet, energy_budget=energy_budget, device=device,
+        **overrides)
     return trainer.run()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import tomllib
 from pathlib import Path
 
 from .config import RunConfig
@@ -78,7 +79,9 @@ class RunWorkflow:
                     f"out directory {self.out} is not empty; pass --resume to continue the run "
                     "there, or choose a new --out"
                 )
-            if config_file.exists() and config_file.read_text() != self.config.to_toml():
+            # compared as values: the order of the keys in the file does not matter
+            if config_file.exists() and tomllib.loads(config_file.read_text()) != \
+                    tomllib.loads(self.config.to_toml()):
                 raise ConfigError(
                     f"{config_file}: the configuration differs from the one of the run being "
                     "resumed; resume with the same configuration or choose a new --out"
@@ -197,7 +200,7 @@ class RunWorkflow:
 
     def _stage_training(self) -> dict:
         from .flow import TemperatureFlow
-        from .training import train
+        from .training import TrainingConfig, train
 
         t0 = float(self.config.boundary["temperature"])
         t_range = tuple(float(t) for t in self.config.temperatures["range"])
@@ -207,11 +210,13 @@ class RunWorkflow:
             device=self.config.compute["device"], **self.config.model)
         checkpoints = self.out / "checkpoints"
         checkpoints.mkdir(exist_ok=True)
+        # the run's seed unless [training] sets one
         history = train(
             model, self.energy, boundary=boundary, boundary_temperature=t0,
-            temperature_range=t_range, checkpoint=checkpoints, resume=self.resume,
-            history_csv=self.out / "training_history.csv", seed=self.config.compute["seed"],
-            quiet=self.quiet, **self.config.training)
+            config=TrainingConfig(seed=self.config.compute["seed"]), temperature_range=t_range,
+            checkpoint=checkpoints, resume=self.resume,
+            history_csv=self.out / "training_history.csv", quiet=self.quiet,
+            **self.config.training)
         model.save(self.out / "model.pt")
         return {"steps": len(history)}
 
@@ -290,7 +295,6 @@ def summary_table(out) -> str:
     marked ``(!)``: their estimates are unreliable.
     """
     import csv
-    import tomllib
 
     from .report import LOW_EFFECTIVE_SAMPLES, overlap_line
 

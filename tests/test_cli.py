@@ -52,6 +52,28 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in result.output
 
 
+def test_command_defaults_are_the_configuration_defaults():
+    """`md`, `sample`, `free-energy` and --seed default to what `run` uses, and say so."""
+    from openmm_trade import cli, config
+
+    cfg = config.validate({"system": {"name": "alanine-dipeptide-vacuum"}})
+
+    def defaults(command):
+        return {p.name: p.default for p in main.commands[command].params}
+
+    md = defaults("md")
+    help_text = " ".join(CliRunner().invoke(main, ["md", "--help"]).output.split())
+    for key in ("temperature", "n_frames", "interval_ps", "equilibration_ps"):
+        assert md[key] == cfg.boundary[key], key
+        assert f"[default: {cfg.boundary[key]}]" in help_text, key
+    assert md["n_chains"] == cfg.boundary.get("n_chains")  # None: one chain per core
+    assert list(md["forcefield"]) == cfg.system["forcefield"]
+    assert defaults("sample")["n_samples"] == cfg.sampling["n"]
+    assert defaults("free-energy")["n_samples"] == cfg.free_energy["n"]
+    assert md["seed"] is None and cli._seed(None) == cfg.compute["seed"]
+    assert f"Random seed [default: {cfg.compute['seed']};" in help_text
+
+
 def test_systems_lists_builtins_in_a_subprocess():
     result = subprocess.run([sys.executable, "-m", "openmm_trade.cli", "systems"],
                             capture_output=True, text=True, timeout=120)
@@ -113,6 +135,24 @@ def test_rerun_without_resume_refuses_a_used_directory(tiny_run):
     config, out, _ = tiny_run
     result = CliRunner().invoke(main, ["run", str(config), "--out", str(out)])
     assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_resume_accepts_the_same_configuration_in_another_key_order(tiny_run):
+    config_file, out, _ = tiny_run
+    written = (out / "config.toml").read_text()
+    sections = written.strip().split("\n\n")
+    try:
+        (out / "config.toml").write_text("\n\n".join(reversed(sections)) + "\n")
+        result = CliRunner().invoke(main, ["run", str(config_file), "--out", str(out),
+                                           "--resume", "--quiet"])
+        assert result.exit_code == 0, result.output
+        changed = TINY_RUN.replace("n = 64\n[free_energy]", "n = 65\n[free_energy]")
+        other = config_file.with_name("other.toml")
+        other.write_text(changed)
+        result = CliRunner().invoke(main, ["run", str(other), "--out", str(out), "--resume"])
+        assert result.exit_code == 2 and "configuration differs" in result.output
+    finally:
+        (out / "config.toml").write_text(written)
 
 
 def test_resume_skips_finished_stages(tiny_run):

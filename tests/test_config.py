@@ -75,6 +75,49 @@ def test_model_and_training_keys_checked_against_the_api():
     assert "[model] not_a_knob: unknown key" in str(info.value)
 
 
+def test_training_keys_are_training_config_fields_and_run_options():
+    system = {"name": "alanine-dipeptide-vacuum"}
+    with pytest.raises(ConfigError) as info:
+        config.validate({"system": system, "training": {
+            "steps": "many", "learning_rate": True, "schedule": 3, "energy_cutoff": "off",
+            "validate_every": 0, "monitor_temperatures": [300.0, -1.0], "kl_weight": 0.1}})
+    message = str(info.value)
+    for expected in [
+        "[training] steps: expected an integer, got 'many' (str)",
+        "[training] learning_rate: expected a finite number, got True (bool)",
+        "[training] schedule: expected a string, got 3 (int)",
+        "[training] energy_cutoff: expected a finite number, got 'off' (str)",
+        "[training] validate_every: expected an integer > 0, got 0 (int)",
+        "[training] monitor_temperatures: expected a non-empty list of a number > 0",
+    ]:
+        assert expected in message, expected
+    assert "6 problems" in message  # kl_weight is a TrainingConfig field: accepted
+    # well-typed values are checked as TrainingConfig checks them, naming the field
+    with pytest.raises(ConfigError, match=r"\[training\] batch_size must be an integer >= 1, "
+                                          r"got -3"):
+        config.validate({"system": system, "training": {"batch_size": -3}})
+    with pytest.raises(ConfigError, match=r"\[training\] trade_batch_size \(10\) must be a "
+                                          r"multiple of n_conditions \(4\)"):
+        config.validate({"system": system, "training": {"trade_batch_size": 10,
+                                                        "n_conditions": 4}})
+    given = {"kl_weight": 0.1, "seed": 5, "monitor_temperatures": [300.0, 600.0],
+             "energy_budget": 1000, "warmup_steps": 0}
+    assert config.validate({"system": system, "training": given}).training == given
+
+
+def test_one_default_per_setting():
+    """The run's defaults come from BoundaryMD and DEFAULT_SEED (the CLI reads them too)."""
+    cfg = config.validate({"system": {"name": "alanine-dipeptide-vacuum"}})
+    md = config.BoundaryMD()
+    assert (cfg.boundary["n_frames"], cfg.boundary["interval_ps"],
+            cfg.boundary["equilibration_ps"], cfg.boundary.get("n_chains")) == \
+        (md.n_frames, md.interval_ps, md.equilibration_ps, md.n_chains)
+    assert cfg.compute["seed"] == config.DEFAULT_SEED == config.default("compute", "seed")
+    assert cfg.boundary["temperature"] == config.boundary_temperature(cfg.temperatures["range"])
+    with pytest.raises(KeyError, match="no fixed default"):
+        config.default("boundary", "temperature")
+
+
 def test_relative_paths_resolve_to_the_config_folder(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("[system]\npdb = 'mol.pdb'\n[boundary]\nfiles = ['md.dcd']\n"

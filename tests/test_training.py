@@ -12,7 +12,13 @@ from openmm_trade.errors import CheckpointError, InputError
 from openmm_trade.flow import ConditionalFlow
 from openmm_trade.toys import DoubleWell1D, HarmonicOscillator, TorsionBond2D
 from openmm_trade.trade import beta_derivative
-from openmm_trade.training import Trainer, TrainingDivergedError, TrainingHistory, train
+from openmm_trade.training import (
+    Trainer,
+    TrainingConfig,
+    TrainingDivergedError,
+    TrainingHistory,
+    train,
+)
 from openmm_trade.units import beta_from_temperature
 
 torch.set_num_threads(1)
@@ -418,6 +424,30 @@ def test_train_rejects_bad_input(well_data):
         train(_small_model(), toy, well_data, 300.0, loss="l1", **SMALL)
     with pytest.raises(InputError, match="event_shape"):
         train(_small_model(), TorsionBond2D(), well_data, 300.0, **SMALL)
+
+
+def test_settings_come_from_training_config(well_data):
+    """A TrainingConfig, keyword overrides, or both: the same run; unknown names named."""
+    toy = DoubleWell1D()
+    settings = {key: value for key, value in SMALL.items() if key != "quiet"}
+    by_keywords = train(_small_model(), toy, well_data, 300.0, seed=2, quiet=True, **settings)
+    config = TrainingConfig(**settings)
+    by_config = train(_small_model(), toy, well_data, 300.0, config, seed=2, quiet=True)
+    np.testing.assert_array_equal(by_config["loss"], by_keywords["loss"])
+    other_seed = train(_small_model(), toy, well_data, 300.0, config, seed=3, quiet=True)
+    assert not np.array_equal(other_seed["loss"], by_config["loss"])
+    # an override replaces the config's field, and the fields left None follow it
+    trainer = Trainer(_small_model(), toy, well_data, 300.0, TrainingConfig(steps=300),
+                      steps=30, quiet=True)
+    assert (trainer.config.steps, trainer.config.warmup_steps, trainer.config.ramp_steps) == \
+        (30, 20, 5)
+    with pytest.raises(InputError) as info:
+        train(_small_model(), toy, well_data, 300.0, config, learning_rat=1.0, quiet=True)
+    message = str(info.value)
+    assert "'learning_rat'" in message
+    assert all(name in message for name in TrainingConfig.__dataclass_fields__)
+    with pytest.raises(InputError, match="config must be a TrainingConfig, got tuple"):
+        train(_small_model(), toy, well_data, 300.0, (300.0, 600.0), quiet=True)
 
 
 # ---------------------------------------------------------------------------- molecules
