@@ -29,6 +29,7 @@ from .config import (
     default,
 )
 from .errors import OpenMMTradeError
+from .run_directory import RunDirectory
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -104,7 +105,7 @@ def _echo_coverage(out: Path) -> None:
     """Print the boundary coverage summary written by the run (``coverage.json``)."""
     import json
 
-    path = out / "coverage.json"
+    path = RunDirectory(out).coverage
     if path.exists():
         click.echo(json.loads(path.read_text())["summary"] + "\n")
 
@@ -118,7 +119,7 @@ def _run_config(config, out: Path, seed, quiet: bool, resume: bool) -> Path:
     workflow.execute()
     _echo_coverage(out)
     click.echo(summary_table(out))
-    click.echo(f"\nwrote {out}/ (report: {out / 'report.md'})")
+    click.echo(f"\nwrote {out}/ (report: {RunDirectory(out).report})")
     return out
 
 
@@ -242,15 +243,15 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, equilib
     from .coverage import measure
     from .units import check_temperature
 
-    out = out or Path("openmm-trade-md")
+    run = RunDirectory(out or Path("openmm-trade-md"))
     check_temperature(temperature, "--temperature")
     msys = _load_system(system_name, pdb, forcefield)
-    out.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
                               interval_ps=interval_ps, equilibration_ps=equilibration_ps,
-                              seed=_seed(seed), output=out / "boundary.h5", resume=resume,
+                              seed=_seed(seed), output=run.boundary, resume=resume,
                               quiet=_quiet(quiet), n_chains=n_chains)
-    click.echo(f"wrote {traj.n_frames} frames to {out / 'boundary.h5'}")
+    click.echo(f"wrote {traj.n_frames} frames to {run.boundary}")
     click.echo(measure(traj).summary())
 
 
@@ -280,7 +281,7 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
     from .flow import TemperatureFlow
     from .training import train as train_model
 
-    out = out or Path("openmm-trade-train")
+    run = RunDirectory(out or Path("openmm-trade-train"))
     _check_temperatures(t_range, "--range")
     _check_temperatures([temperature], "--temperature", within=sorted(t_range),
                         range_name="--range")
@@ -289,14 +290,14 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
     model = TemperatureFlow.for_system(msys, boundary, temperature_range=tuple(t_range),
                                        reference_temperature=temperature)
     options = {} if steps is None else {"steps": steps}
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
         train_model(model, energy, boundary=boundary, boundary_temperature=temperature,
-                    temperature_range=tuple(t_range), checkpoint=out / "checkpoints",
-                    resume=resume, history_csv=out / "training_history.csv",
+                    temperature_range=tuple(t_range), checkpoint=run.checkpoints,
+                    resume=resume, history_csv=run.training_history,
                     seed=_seed(seed), quiet=_quiet(quiet), **options)
-    model.save(out / "model.pt")
-    click.echo(f"wrote {out / 'model.pt'}")
+    model.save(run.model)
+    click.echo(f"wrote {run.model}")
 
 
 def _model_options(section: str):
@@ -360,13 +361,11 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, ref
     """
     from .energy import OpenMMEnergy
     from .sampling import sample as draw
-    from .workflow import temperature_label
-
-    out = out or Path("openmm-trade-samples")
+    run = RunDirectory(out or Path("openmm-trade-samples"))
     msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
     with OpenMMEnergy(msys) as energy:
         for t in temperature:
-            path = out / "samples" / f"{temperature_label(t)}.h5"
+            path = run.sample_path(t)
             if resume and path.exists():
                 continue
             wt = draw(model, energy, temperature=t, n=n_samples,
@@ -398,15 +397,15 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
     from .energy import OpenMMEnergy
     from .workflow import summary_table
 
-    out = out or Path("openmm-trade-free-energy")
+    run = RunDirectory(out or Path("openmm-trade-free-energy"))
     msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
-    out.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
         table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
                                                 n=n_samples, seed=_seed(seed),
                                                 quiet=_quiet(quiet), refine=refine)
-    table.to_csv(out / "free_energy.csv")
-    click.echo(summary_table(out))
+    table.to_csv(run.free_energy)
+    click.echo(summary_table(run.root))
 
 
 @main.command()

@@ -4,6 +4,7 @@
 commands and the report all read and write through :class:`RunDirectory`::
 
     config.toml              the validated configuration of the run
+    run.log                  the run's log
     stages.json              stages done, with their wall time and cost
     boundary.h5              boundary MD at T0, with energies
     coverage.json            basin transitions of the slow torsions
@@ -59,6 +60,10 @@ class RunDirectory:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "run.log"
 
     @property
     def stages(self) -> Path:

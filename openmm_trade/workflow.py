@@ -34,14 +34,11 @@ from pathlib import Path
 from .config import RunConfig
 from .errors import ConfigError, InputError
 from .files import write_text_atomic
+from .run_directory import RunDirectory, temperature_label
 from .systems import system_from_spec
 
 log = logging.getLogger("openmm_trade.run")
 
-
-def temperature_label(temperature: float) -> str:
-    """File-name label of a temperature: ``450.0 -> '450K'``, ``312.5 -> '312.5K'``."""
-    return f"{temperature:g}K"
 
 
 class RunWorkflow:
@@ -63,7 +60,8 @@ class RunWorkflow:
 
     def __init__(self, config: RunConfig, out, resume: bool = False, quiet: bool = False):
         self.config = config
-        self.out = Path(out)
+        self.run = RunDirectory(out)
+        self.out = self.run.root
         self.resume = resume
         self.quiet = quiet
         self._msys = None
@@ -72,7 +70,7 @@ class RunWorkflow:
 
     # ------------------------------------------------------------------ bookkeeping
     def _check_output_directory(self) -> None:
-        config_file = self.out / "config.toml"
+        config_file = self.run.config
         if self.out.exists() and any(self.out.iterdir()):
             if not self.resume:
                 raise InputError(
@@ -89,7 +87,7 @@ class RunWorkflow:
 
     @property
     def stages_file(self) -> Path:
-        return self.out / "stages.json"
+        return self.run.stages
 
     def finished_stages(self) -> dict:
         """Stage name -> record (seconds, energy evaluations, ...) of finished stages."""
@@ -131,8 +129,8 @@ class RunWorkflow:
 
         self.msys  # noqa: B018 - build (and check) the system before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.toml", self.config.to_toml())
-        handler = logging.FileHandler(self.out / "run.log")
+        write_text_atomic(self.run.config, self.config.to_toml())
+        handler = logging.FileHandler(self.run.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root = logging.getLogger("openmm_trade")
         root.addHandler(handler)
@@ -166,7 +164,7 @@ class RunWorkflow:
         from . import md
 
         spec = self.config.boundary
-        path = self.out / "boundary.h5"
+        path = self.run.boundary
         if self.config.simulate_boundary:
             traj = md.simulate(
                 self.msys, temperature=spec["temperature"], n_frames=spec["n_frames"],
@@ -188,7 +186,7 @@ class RunWorkflow:
         from .coverage import measure
 
         result = measure(traj)
-        write_text_atomic(self.out / "coverage.json", json.dumps(
+        write_text_atomic(self.run.coverage, json.dumps(
             {**result.to_dict(), "summary": result.summary()}, indent=2))
         (log.info if result.ok else log.warning)("%s", result.summary())
         return result.ok
@@ -196,7 +194,7 @@ class RunWorkflow:
     def _boundary(self):
         from . import md
 
-        return md.load_trajectory(self.out / "boundary.h5")
+        return md.load_trajectory(self.run.boundary)
 
     def _stage_training(self) -> dict:
         from .flow import TemperatureFlow
@@ -208,22 +206,22 @@ class RunWorkflow:
         model = TemperatureFlow.for_system(
             self.msys, boundary, temperature_range=t_range, reference_temperature=t0,
             device=self.config.compute["device"], **self.config.model)
-        checkpoints = self.out / "checkpoints"
+        checkpoints = self.run.checkpoints
         checkpoints.mkdir(exist_ok=True)
         # the run's seed unless [training] sets one
         history = train(
             model, self.energy, boundary=boundary, boundary_temperature=t0,
             config=TrainingConfig(seed=self.config.compute["seed"]), temperature_range=t_range,
             checkpoint=checkpoints, resume=self.resume,
-            history_csv=self.out / "training_history.csv", quiet=self.quiet,
+            history_csv=self.run.training_history, quiet=self.quiet,
             **self.config.training)
-        model.save(self.out / "model.pt")
+        model.save(self.run.model)
         return {"steps": len(history)}
 
     def _model(self):
         from .flow import TemperatureFlow
 
-        return TemperatureFlow.load(self.out / "model.pt", self.msys)
+        return TemperatureFlow.load(self.run.model, self.msys)
 
     def _stage_sampling(self) -> dict:
         from .refine import options_from_config
@@ -232,7 +230,7 @@ class RunWorkflow:
         model = self._model()
         summary = {}
         for temperature in self.targets:
-            path = self.out / "samples" / f"{temperature_label(temperature)}.h5"
+            path = self.run.sample_path(temperature)
             if self.resume and path.exists():
                 continue
             wt = sample(model, self.energy, temperature=temperature,
@@ -250,7 +248,7 @@ class RunWorkflow:
         from .sampling import WeightedTrajectory
 
         return {
-            t: WeightedTrajectory.load(self.out / "samples" / f"{temperature_label(t)}.h5")
+            t: WeightedTrajectory.load(self.run.sample_path(t))
             for t in self.targets
         }
 
@@ -264,12 +262,12 @@ class RunWorkflow:
             seed=self.config.compute["seed"], quiet=self.quiet,
             refine=options_from_config(self.config.sampling,
                                        refine=self.config.free_energy["refine"]))
-        table.to_csv(self.out / "free_energy.csv")
+        table.to_csv(self.run.free_energy)
         if cv.has_ramachandran(self.msys.mdtraj_topology):
             populations = free_energy.populations_vs_temperature(
                 list(self._weighted_trajectories().values()), cv.RAMACHANDRAN_STATES,
                 seed=self.config.compute["seed"])
-            populations.to_csv(self.out / "populations.csv")
+            populations.to_csv(self.run.populations)
         return {"ess": [float(e) for e in table.ess]}
 
     def _stage_figures(self) -> dict:
@@ -298,13 +296,12 @@ def summary_table(out) -> str:
 
     from .report import LOW_EFFECTIVE_SAMPLES, overlap_line
 
-    out = Path(out)
-    with open(out / "free_energy.csv") as handle:
+    run = RunDirectory(out)
+    with open(run.free_energy) as handle:
         rows = list(csv.DictReader(handle))
     n_drawn = 0
-    if (out / "config.toml").exists():
-        with open(out / "config.toml", "rb") as handle:
-            n_drawn = int(tomllib.load(handle).get("free_energy", {}).get("n", 0))
+    if run.config.exists():
+        n_drawn = int(run.read_config().get("free_energy", {}).get("n", 0))
     header = f"{'T (K)':>10} {'ESS':>7} {'Δf (kT)':>18} {'<U> (kJ/mol)':>20}"
     lines = [header, "-" * len(header)]
     flagged = False
