@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import openmm
-from openmm import unit
 
 from ..errors import InputError
 from ..system import MolecularSystem
@@ -107,17 +106,16 @@ def _ns_per_day(simulated_ps: float, seconds: float) -> float:
 
 
 class _EnergyEvaluator:
-    """Potential energies of frames with a plain OpenMM ``Context`` (float64, kJ/mol)."""
+    """Potential energies of frames (float64, kJ/mol; ``+inf`` where OpenMM fails):
+    :class:`~openmm_trade.worker_pool.LocalEvaluator` on this System and platform."""
 
     def __init__(self, system: openmm.System, platform: str = "CPU"):
-        self._integrator = openmm.VerletIntegrator(0.001)
-        self._context = openmm.Context(system, self._integrator, _platform(platform),
-                                       _platform_properties(platform))
+        from ..worker_pool import ContextSpec, LocalEvaluator
+
+        _platform(platform)  # a clear InputError for an unknown name
+        properties = tuple(sorted(_platform_properties(platform).items()))
+        spec = ContextSpec(openmm.XmlSerializer.serialize(system), "", platform, properties)
+        self._evaluator = LocalEvaluator(spec)
 
     def __call__(self, xyz: np.ndarray) -> np.ndarray:
-        energies = np.empty(len(xyz), dtype=np.float64)
-        for i, frame in enumerate(xyz):
-            self._context.setPositions(np.asarray(frame, dtype=np.float64))
-            state = self._context.getState(getEnergy=True)
-            energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        return energies
+        return self._evaluator.evaluate(np.asarray(xyz), want_forces=False).energies
