@@ -29,6 +29,7 @@ from .config import (
     default,
 )
 from .errors import OpenMMTradeError
+from .progress import shown
 from .run_directory import RunDirectory
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -53,7 +54,7 @@ QUICK_OVERRIDES = {
 
 def _quiet(quiet: bool) -> bool:
     """Progress bars only on a terminal and without --quiet."""
-    return quiet or not sys.stderr.isatty()
+    return not shown(quiet)
 
 
 def _handle_errors(function):

@@ -67,7 +67,8 @@ from . import checks
 from .errors import InputError
 from .importance import effective_sample_size, log_mean_exp, log_sum_exp, normalized_weights
 from .model import check_model
-from .sampling import WeightedTrajectory, _show_progress, systematic_resample
+from .progress import shown
+from .sampling import WeightedTrajectory, systematic_resample
 from .units import KB, check_temperature
 
 #: Largest step (rad) of a proposal on a periodic coordinate (see the module docstring).
@@ -546,7 +547,7 @@ class _Islands:
 def _progress(quiet: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=100, desc=desc, unit="%", disable=not _show_progress(quiet),
+    return tqdm(total=100, desc=desc, unit="%", disable=not shown(quiet),
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
 

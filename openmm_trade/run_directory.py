@@ -34,11 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-
-
-def temperature_label(temperature: float) -> str:
-    """File-name label of a temperature: ``450.0 -> '450K'``, ``312.5 -> '312.5K'``."""
-    return f"{temperature:g}K"
+from .units import temperature_label
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from .errors import InputError
 from .files import atomic_write_path
 from .importance import effective_sample_size, log_mean_exp, normalized_weights
 from .model import check_model
+from .progress import shown
 from .units import KB, check_temperature
 
 PathLike = str | os.PathLike
@@ -466,10 +466,6 @@ class _RunningESS:
         return self.s1 ** 2 / (self.n * self.s2) if self.s2 > 0 else 0.0
 
 
-def _show_progress(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
-
-
 def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
            output: PathLike | None = None, seed: int | None = None, quiet: bool = False,
            clip_log_weights: float | None = None, refine=None) -> WeightedTrajectory:
@@ -548,7 +544,7 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
     from tqdm.auto import tqdm
 
     progress = tqdm(total=int(n), desc=f"sampling {temperature:g} K", unit="samples",
-                    disable=not _show_progress(quiet))
+                    disable=not shown(quiet))
     samples, energies, log_probs = [], [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))

@@ -79,7 +79,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -95,8 +94,14 @@ from .files import PathLike, atomic_write_path, unreadable_torch_file, write_tex
 from .md.trajectory import CHAIN_ATTRIBUTE
 from .metrics import overlap_log_weights
 from .model import check_model
+from .progress import shown
 from .trade import EVALUATION_POINTS, TradeObjective
-from .units import beta_from_temperature, check_temperature, temperature_from_beta
+from .units import (
+    beta_from_temperature,
+    check_temperature,
+    temperature_from_beta,
+    temperature_label,
+)
 
 __all__ = ["DEFAULT_HOLDOUT_FRACTION", "DEFAULT_KL_WEIGHT", "DEFAULT_STEPS",
            "DEFAULT_TRADE_WEIGHT", "Trainer",
@@ -499,10 +504,6 @@ def _csv_value(value) -> str:
     return str(value)
 
 
-def _temperature_label(temperature: float) -> str:
-    return f"{temperature:g}K"
-
-
 # ---------------------------------------------------------------------------- helpers
 def holdout_split(n_frames: int, fraction: float,
                   chains=None) -> tuple[np.ndarray, np.ndarray]:
@@ -607,10 +608,6 @@ def _checkpoint_file(checkpoint: PathLike | None) -> Path | None:
     if path.is_dir() or (not path.exists() and path.suffix == ""):
         return path / CHECKPOINT_NAME
     return path
-
-
-def _show_progress(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
 
 
 def _finite(value) -> bool:
@@ -970,7 +967,7 @@ class Trainer:
             for temperature in self.monitor_temperatures:
                 result = self.objective.diagnostics(self.model, temperature,
                                                     self.validation_samples, generator)
-                label = _temperature_label(temperature)
+                label = temperature_label(temperature)
                 record[f"ess_{label}"] = result["ess"]
                 record[f"residual_{label}"] = result["residual"]
                 record[f"mean_energy_{label}"] = result["mean_energy"]
@@ -1039,9 +1036,9 @@ class Trainer:
         """
         cfg = self.config
         until = cfg.steps if until is None else min(_positive_int(until, "until"), cfg.steps)
-        progress = tqdm(total=cfg.steps, initial=self.step, disable=not _show_progress(self.quiet),
+        progress = tqdm(total=cfg.steps, initial=self.step, disable=not shown(self.quiet),
                         desc="TRADE", unit="step", dynamic_ncols=True)
-        ess_label = f"ess_{_temperature_label(self.monitor_temperatures[-1])}"
+        ess_label = f"ess_{temperature_label(self.monitor_temperatures[-1])}"
         last_ess = math.nan
         try:
             while self.step < until:

@@ -32,6 +32,12 @@ def temperature_from_beta(beta):
     return 1.0 / (KB * beta)
 
 
+def temperature_label(temperature: float) -> str:
+    """Label of a temperature for file names and table columns: ``450.0 -> '450K'``,
+    ``312.5 -> '312.5K'``."""
+    return f"{temperature:g}K"
+
+
 def check_temperature(temperature, name: str = "temperature", batch_size: int | None = None):
     """Validate a temperature in K: a positive finite float, or a 1-D array/tensor.
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 
 import numpy as np
 import openmm
 
 from ..errors import InputError
+from ..progress import shown
 from ..system import MolecularSystem
 
 PathLike = str | os.PathLike
@@ -98,7 +98,7 @@ def _progress(total: int, quiet: bool, desc: str, initial: int = 0, what: str = 
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=what, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty())
+                disable=not shown(quiet))
 
 
 def _ns_per_day(simulated_ps: float, seconds: float) -> float:
