@@ -1,367 +1,48 @@
-"""Training: the TRADE loop with schedules, validation, checkpoints and exact resume.
-
-:func:`train` (and the :class:`Trainer` behind it) fits a conditional density model
-``p_θ(x | T)`` to boundary samples at ``T0`` and spreads it over a temperature range with
-the TRADE objective of :mod:`openmm_trade.trade`::
-
-    L(t) = L_boundary(T0) + λ(t) · L_TRADE
-
-Schedule (``t`` is the step; the settings named here are the fields of
-:class:`TrainingConfig`, where their defaults are documented):
-
-* ``t < warmup_steps``: boundary fit only (NLL of the data at ``T0``, or the reverse KL at
-  ``T0`` when ``boundary=None``); no energies are evaluated in this phase.
-* Held-out frames: the last ``holdout_fraction`` of the boundary frames of each MD chain
-  (in time, the order given; :func:`holdout_split`) are not trained on. During the
-  likelihood phase (the warmup; the whole run when ``trade_weight=0``) their NLL at ``T0``
-  is evaluated every ``holdout_every`` steps and at the phase's end; the parameters with
-  the lowest held-out NLL are kept and restored at the end of the phase, so TRADE starts
-  from the best fit the data allow instead of an over-fitted one (``holdout_nll``,
-  ``restored_step`` in the history). The overlap σ, the standard deviation of ``log w = -β0
-  U - log p_θ(x|T0)`` on the held-out frames (:func:`openmm_trade.metrics.overlap_sigma`,
-  ``ESS ≈ exp(-σ²)``), is recorded with every held-out evaluation, at validations and at
-  the end.
-* then ``λ(t)`` ramps linearly from 0 to ``trade_weight`` over ``ramp_steps`` while the
-  condition range widens from ``initial_width`` (a fraction of the way from ``T0`` to
-  each end, in β) to the whole range over ``widen_steps``. Conditions are drawn uniformly
-  in β or in log T (``condition_sampling``) between the current bounds, so ``T0`` may sit
-  at the bottom, the top or inside the range.
-* With data, ``kl_weight > 0`` adds the reverse KL at ``T0``,
-  ``E_{x~p(·|T0)}[β0 U(x) + log p_θ(x|T0)]``, to the NLL (Noé et al. 2019): from step
-  ``kl_start`` its weight ramps linearly to ``kl_weight`` over ``kl_ramp_steps``.
-  Gradients flow through the forces. The force field then corrects the model where a few
-  thousand correlated MD frames cannot, which is what limits the ESS of a likelihood-only
-  fit (over-fitting).
-* Reduced energies more than ``energy_cutoff`` k_B T0 above the boundary data's mean
-  (above 0 without data) enter the reverse KL, the TRADE residual and the ⟨U⟩ grid
-  logarithmically (:func:`~openmm_trade.trade.soften_energies`): a sterically clashing
-  flow sample then cannot dominate a step.
-* AdamW (``weight_decay``; 0 is plain Adam) with a cosine (or step) learning-rate
-  schedule and gradient-norm clipping.
-
-Robustness: a step whose loss, gradient or energies are non-finite is skipped — the
-parameters and the optimiser state are not touched — and counted (``skipped_steps``,
-``nonfinite_energies``); after ``max_consecutive_skips`` skips in a row training stops with
-:class:`TrainingDivergedError`. Importance samples with infinite energy simply get zero
-weight in the ⟨U⟩ estimates.
-
-Reproducibility: every random draw of the loop (conditions, minibatches, flow samples when
-the model takes a ``generator``) comes from one ``torch.Generator`` seeded with ``seed``;
-validation draws from its own generator (seeded from ``seed`` and the step) inside a forked
-global RNG, so validating does not change the training trajectory. Checkpoints hold the
-model, optimiser, scheduler, step, every RNG state (the loop's, torch's global, numpy's,
-Python's), the ⟨U⟩ grid, the counters and the history; ``resume=`` continues bit-for-bit on
-CPU: the parameters after resuming equal those of an uninterrupted run.
-
-Energy evaluations are counted from ``energy.n_evaluations`` and recorded per step
-(``energy_evaluations``, cumulative, including validation); ``energy_budget`` stops training
-once that many have been spent.
-
-Threads: torch uses ``torch.get_num_threads()`` threads; with OpenMM energies on 2 cores,
-``torch.set_num_threads(1)`` and ``OpenMMEnergy(..., n_workers=1)`` share them sensibly.
-
-Example
--------
->>> import torch
->>> from openmm_trade.flow import ConditionalFlow
->>> from openmm_trade.toys import DoubleWell1D
->>> toy = DoubleWell1D()
->>> model = ConditionalFlow(toy.domains, 300.0, (300.0, 600.0), hidden=8, n_blocks=1)
->>> history = train(model, toy, boundary=toy.sample(2000, 300.0, seed=0),
-...                 boundary_temperature=300.0, steps=20, batch_size=64,
-...                 trade_batch_size=32, warmup_steps=10, ramp_steps=5, quiet=True)
->>> len(history), history.skipped_steps
-(20, 0)
-"""
+"""The TRADE training loop: :class:`Trainer` and :func:`train`, with schedules,
+validation, checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .energy import Energy
-from .errors import CheckpointError, InputError, OpenMMTradeError, one_line
-from .files import PathLike, atomic_write_path, unreadable_torch_file, write_text_atomic
-from .md.trajectory import CHAIN_ATTRIBUTE
-from .metrics import overlap_log_weights
-from .model import check_model
-from .progress import shown
-from .trade import EVALUATION_POINTS, TradeObjective
-from .units import (
+from .. import checks
+from ..energy import Energy
+from ..errors import CheckpointError, InputError, OpenMMTradeError, one_line
+from ..files import PathLike, atomic_write_path, unreadable_torch_file
+from ..md.trajectory import CHAIN_ATTRIBUTE
+from ..metrics import overlap_log_weights
+from ..model import check_model
+from ..progress import shown
+from ..trade import EVALUATION_POINTS, TradeObjective
+from ..units import (
     beta_from_temperature,
     check_temperature,
     temperature_from_beta,
     temperature_label,
 )
-
-__all__ = ["DEFAULT_HOLDOUT_FRACTION", "DEFAULT_KL_WEIGHT", "DEFAULT_STEPS",
-           "DEFAULT_TRADE_WEIGHT", "Trainer",
-           "TrainingConfig", "TrainingDivergedError", "TrainingHistory", "train"]
-
-#: default final weight λ of the TRADE term (see ``train``'s ``trade_weight``)
-DEFAULT_TRADE_WEIGHT = 0.3
-
-#: default number of optimisation steps: two thirds boundary fit (an NLL step takes ~0.1 s
-#: for alanine dipeptide on one CPU core), then TRADE (~0.5 s a step): about 6 minutes
-DEFAULT_STEPS = 1500
-#: default weight of the reverse KL at T0 added to the NLL when boundary data are given
-DEFAULT_KL_WEIGHT = 0.0
-#: default fraction of the boundary frames (the last ones, in time) held out of the fit to
-#: pick the best parameters of the likelihood phase and to measure the overlap σ
-DEFAULT_HOLDOUT_FRACTION = 0.1
-#: number of held-out evaluations over the likelihood phase by default (``holdout_every``)
-_HOLDOUT_EVALUATIONS = 40
-#: flow samples per monitor temperature at each validation (``train``'s ``validation_samples``)
-DEFAULT_VALIDATION_SAMPLES = 512
-#: name of the checkpoint file when ``checkpoint`` is a folder
-CHECKPOINT_NAME = "checkpoint.pt"
-_FORMAT = "openmm_trade.training/1"
+from .boundary import _boundary_tensor, holdout_split
+from .config import (
+    _FORMAT,
+    CHECKPOINT_NAME,
+    DEFAULT_VALIDATION_SAMPLES,
+    TrainingConfig,
+    _differences,
+    _training_config,
+)
+from .history import TrainingHistory
 
 
 class TrainingDivergedError(OpenMMTradeError, RuntimeError):
     """Too many consecutive steps had a non-finite loss, gradient or energy."""
-
-
-# ---------------------------------------------------------------------------- config
-@dataclass
-class TrainingConfig:
-    """The settings of a training run, each with its default (stored in checkpoints).
-
-    :func:`train` takes a ``TrainingConfig`` and/or its field names as keywords
-    (``train(..., steps=300, trade_weight=1.0)``). Fields left ``None`` are derived from the
-    others when training starts (:meth:`resolved`).
-
-    Notes
-    -----
-    Why some defaults are what they are:
-
-    * ``trade_weight`` 0.3 was the best of 0.1/0.3/1.0 on vacuum alanine dipeptide (with the
-      earlier schedule of 1000 steps, one fifth of them boundary fit, and flow samples as
-      the only evaluation points: ESS at 300/450/600 K 0.4/1.0/0.8 %, 3.7/2.4/0.6 %, and a
-      collapse to 0.01 % at λ = 1; not re-tuned since); the analytic toys train well with
-      λ = 1. Residuals are in units of ``k_B T0``; 0 gives an NLL-only run.
-    * ``loss`` "huber" (``huber_delta`` 1 k_B T0): flow samples in the far tails, e.g. at the
-      edge of a bounded coordinate where the exact density is ~e^-100, have residuals of
-      hundreds of k_B T0 that no model can remove, and under the MSE they dominate the
-      gradient.
-    * ``evaluation_points`` "auto": the boundary data alone when ``T0`` is the top of the
-      range (they cover every lower temperature), boundary data and flow samples otherwise
-      (flow samples alone without data). Measured on vacuum alanine dipeptide: flow samples
-      alone let the transfer run away (the residual grew from ~10 to ~10³ k_B T0 and the NLL
-      at T0 fell apart once the conditions reached the far end); with boundary points in the
-      mix it stayed stable.
-    * ``warmup_steps`` ``2 * steps // 3``: TRADE starts from a converged fit at T0, since
-      transferring a half-fitted model spreads its errors over the whole range.
-    * ``seed`` 0: the library default since the first release (the tests' fixed-seed
-      margins were checked with it); ``openmm-trade`` runs use
-      :data:`openmm_trade.config.DEFAULT_SEED` instead, which is 1.
-
-    Examples
-    --------
-    >>> config = TrainingConfig(steps=300)
-    >>> config.warmup_steps is None, config.resolved().warmup_steps
-    (True, 200)
-    >>> TrainingConfig(stepz=3)
-    Traceback (most recent call last):
-    ...
-    TypeError: TrainingConfig.__init__() got an unexpected keyword argument 'stepz'
-    """
-
-    #: optimisation steps (default 1500: ~6 min for alanine dipeptide on one core)
-    steps: int = DEFAULT_STEPS
-    #: boundary samples per step (NLL)
-    batch_size: int = 256
-    #: TRADE evaluation points per step
-    trade_batch_size: int = 256
-    #: initial learning rate of AdamW
-    learning_rate: float = 1e-3
-    #: AdamW's weight decay (0: plain Adam)
-    weight_decay: float = 0.0
-    #: learning-rate schedule: "cosine", "step" or "constant" (:class:`LearningRateFactor`)
-    schedule: str = "cosine"
-    #: learning rate at the end of the schedule, as a fraction of ``learning_rate``
-    final_learning_rate_factor: float = 0.05
-    #: gradient-norm clipping threshold
-    grad_clip: float = 10.0
-    #: final weight λ of the TRADE term (residuals in k_B T0; 0: an NLL-only run)
-    trade_weight: float = DEFAULT_TRADE_WEIGHT
-    #: residual penalty: "huber" or "mse"
-    loss: str = "huber"
-    #: Huber threshold in k_B T0
-    huber_delta: float = 1.0
-    #: ⟨U⟩_β from a cached EMA "grid" or from fresh importance samples ("continuous")
-    mean_energy: str = "grid"
-    #: where residuals are evaluated: "auto", "flow", "boundary" or "both"
-    evaluation_points: str = "auto"
-    #: boundary-only steps before TRADE starts (None: ``2 * steps // 3``)
-    warmup_steps: int | None = None
-    #: steps over which λ ramps up after the warmup (None: ``steps // 6``)
-    ramp_steps: int | None = None
-    #: steps over which the condition range widens to the whole range (None: ``ramp_steps``)
-    widen_steps: int | None = None
-    #: starting width of the condition range, a fraction of the way from T0 to each end in β
-    initial_width: float = 0.1
-    #: conditions drawn uniformly in "log_temperature" or in "beta"
-    condition_sampling: str = "log_temperature"
-    #: temperatures per TRADE step (None: ``trade_batch_size`` on the grid, else up to 4)
-    n_conditions: int | None = None
-    #: nodes of the ⟨U⟩ grid
-    grid_size: int = 16
-    #: flow samples per grid node refresh
-    grid_samples: int = 256
-    #: grid nodes refreshed per step
-    grid_nodes_per_step: int = 2
-    #: weight of a refresh in the grid's exponential moving average
-    grid_ema: float = 0.2
-    #: flow samples of the reverse KL at T0 (None: ``batch_size``)
-    reverse_kl_samples: int | None = None
-    #: weight of the reverse KL at T0 added to the NLL when boundary data are given
-    kl_weight: float = DEFAULT_KL_WEIGHT
-    #: step from which the reverse-KL weight ramps up (None: ``steps // 10``)
-    kl_start: int | None = None
-    #: steps of the reverse-KL weight's ramp (None: ``steps // 10``)
-    kl_ramp_steps: int | None = None
-    #: k_B T0 above the data's mean reduced energy where energies are softened (None: never)
-    energy_cutoff: float | None = 100.0
-    #: fraction of each chain's last boundary frames held out of the fit (0: train on all)
-    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
-    #: steps between held-out evaluations in the likelihood phase (None: 40 over the phase)
-    holdout_every: int | None = None
-    #: seed of every random draw of the loop (same seed, same result on CPU); see Notes
-    seed: int = 0
-    #: consecutive skipped (non-finite) steps after which training stops
-    max_consecutive_skips: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "trade_batch_size", "grid_size", "grid_samples",
-                     "grid_nodes_per_step", "max_consecutive_skips"):
-            _positive_int(getattr(self, name), name)
-        for name in ("warmup_steps", "ramp_steps", "widen_steps", "n_conditions",
-                     "reverse_kl_samples", "kl_start", "kl_ramp_steps", "holdout_every"):
-            value = getattr(self, name)
-            if value is not None:
-                _positive_int(value, name, allow_zero=name in ("warmup_steps", "kl_start"))
-        for name in ("learning_rate", "grad_clip", "huber_delta"):
-            _positive_float(getattr(self, name), name)
-        for name in ("trade_weight", "kl_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0
-                                               and math.isfinite(value)):
-                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(self.weight_decay, bool) or not (
-                isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
-            raise InputError(f"weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
-        if self.energy_cutoff is not None:
-            _positive_float(self.energy_cutoff, "energy_cutoff")
-        if isinstance(self.holdout_fraction, bool) or not (
-                isinstance(self.holdout_fraction, (int, float)) and 0 <= self.holdout_fraction < 1):
-            raise InputError("holdout_fraction must be a number in [0, 1), got "
-                             f"{self.holdout_fraction!r}")
-        if not 0.0 < float(self.final_learning_rate_factor) <= 1.0:
-            raise InputError("final_learning_rate_factor must be in (0, 1], got "
-                             f"{self.final_learning_rate_factor!r}")
-        if not 0.0 <= float(self.initial_width) <= 1.0:
-            raise InputError(f"initial_width must be in [0, 1], got {self.initial_width!r}")
-        _one_of(self.schedule, "schedule", ("cosine", "step", "constant"))
-        _one_of(self.condition_sampling, "condition_sampling", ("beta", "log_temperature"))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InputError(f"seed must be an int, got {self.seed!r}")
-        n_conditions = self._derived()["n_conditions"]
-        if self.trade_batch_size % n_conditions:
-            raise InputError(f"trade_batch_size ({self.trade_batch_size}) must be a multiple of "
-                             f"n_conditions ({n_conditions})")
-
-    def _derived(self) -> dict:
-        """Every field that may be ``None``, with the value it has or is derived to."""
-        steps = self.steps
-        warmup = 2 * steps // 3 if self.warmup_steps is None else self.warmup_steps
-        ramp = max(steps // 6, 1) if self.ramp_steps is None else self.ramp_steps
-        likelihood_steps = min(warmup if self.trade_weight > 0 else steps, steps)
-        derived = {
-            "warmup_steps": warmup,
-            "ramp_steps": ramp,
-            "widen_steps": ramp,
-            "n_conditions": (self.trade_batch_size if self.mean_energy == "grid"
-                             else min(4, self.trade_batch_size)),
-            "reverse_kl_samples": self.batch_size,
-            "kl_start": steps // 10,
-            "kl_ramp_steps": max(steps // 10, 1),
-            "holdout_every": max(likelihood_steps // _HOLDOUT_EVALUATIONS, 1),
-        }
-        return {name: value if getattr(self, name) is None else getattr(self, name)
-                for name, value in derived.items()}
-
-    def resolved(self) -> TrainingConfig:
-        """A copy with every derived setting (a field left ``None``) filled in."""
-        return replace(self, **self._derived())
-
-    @property
-    def likelihood_steps(self) -> int:
-        """Steps of the likelihood phase: the warmup, or the whole run without TRADE."""
-        warmup = self._derived()["warmup_steps"]
-        return min(warmup if self.trade_weight > 0 else self.steps, self.steps)
-
-    #: fields that may change between an interrupted run and its resumption
-    RESUMABLE_CHANGES = ("steps", "max_consecutive_skips")
-
-
-def _differences(mine: dict, other: dict) -> list[str]:
-    """Settings (other than :attr:`TrainingConfig.RESUMABLE_CHANGES`) that differ."""
-    # options added after a checkpoint was written (absent from it) are not compared
-    return [
-        f"{key}: checkpoint {other.get(key)!r}, now {value!r}"
-        for key, value in mine.items()
-        if key not in TrainingConfig.RESUMABLE_CHANGES and key in other
-        and _normalise(other.get(key)) != _normalise(value)
-    ]
-
-
-def _training_config(config: TrainingConfig | None, overrides: dict) -> TrainingConfig:
-    """``config`` (default: :class:`TrainingConfig`'s defaults) with ``overrides`` applied."""
-    if config is None:
-        config = TrainingConfig()
-    elif not isinstance(config, TrainingConfig):
-        raise InputError(f"config must be a TrainingConfig, got {type(config).__name__} "
-                         f"{config!r} (give temperature_range= by name)")
-    fields = TrainingConfig.__dataclass_fields__
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise InputError(f"unknown training option(s) {unknown}: expected fields of "
-                         f"TrainingConfig: {', '.join(fields)}")
-    return replace(config, **overrides)
-
-
-def _normalise(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _positive_int(value, name: str, allow_zero: bool = False) -> int:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _one_of(value, name: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise InputError(f"{name} must be one of {options}, got {value!r}")
-    return value
 
 
 class LearningRateFactor:
@@ -385,177 +66,6 @@ class LearningRateFactor:
         if self.kind == "step":
             return max(0.5 ** sum(progress >= m for m in (0.5, 0.75, 0.9)), self.final)
         return 1.0
-
-
-# ---------------------------------------------------------------------------- history
-@dataclass
-class TrainingHistory:
-    """Per-step records of a training run (also written as CSV).
-
-    Each record is a dict with ``step`` (1-based), ``loss``, ``boundary`` (NLL + weighted
-    reverse KL), ``trade``, ``kl`` (the reverse KL at T0, NaN when off), ``kl_weight``,
-    ``trade_weight``, ``learning_rate``, ``grad_norm``, ``t_low``/``t_high`` (current
-    condition bounds, K), ``residual`` (RMS TRADE residual of the step, ``k_B T0``),
-    ``skipped``, ``energy_evaluations`` (cumulative), ``nonfinite_energies`` (cumulative),
-    ``wall_time`` (s), and at validation steps ``ess_<T>K``, ``residual_<T>K`` and
-    ``mean_energy_<T>K`` per monitor temperature. With held-out frames, ``holdout_nll``
-    (their mean NLL at T0, nats), ``overlap_sigma`` (σ of their log-weights, see
-    :func:`~openmm_trade.metrics.overlap_sigma`) and ``holdout_frames`` at held-out
-    evaluations, validations and the last step (always describing the parameters kept
-    after the step); at the end of the likelihood phase ``restored_step``, the step whose
-    parameters were kept (``restored_from_nll``: the held-out NLL of those dropped).
-
-    Examples
-    --------
-    >>> h = TrainingHistory()
-    >>> h.append({"step": 1, "loss": 2.0}); h.append({"step": 2, "loss": 1.0, "ess_300K": 0.5})
-    >>> h["loss"].tolist(), h["ess_300K"].tolist()
-    ([2.0, 1.0], [nan, 0.5])
-    >>> len(h), h.columns
-    (2, ['step', 'loss', 'ess_300K'])
-    """
-
-    records: list[dict] = field(default_factory=list)
-    stop_reason: str = ""
-
-    def append(self, record: dict) -> None:
-        """Add the record of one step."""
-        self.records.append(dict(record))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def columns(self) -> list[str]:
-        """All column names, in order of first appearance."""
-        return list(dict.fromkeys(key for record in self.records for key in record))
-
-    def __getitem__(self, column: str) -> np.ndarray:
-        """One column as a float array (NaN where a record lacks it)."""
-        if column not in self.columns:
-            raise KeyError(f"no column {column!r}; columns are {self.columns}")
-        return np.array([float(r.get(column, math.nan)) for r in self.records])
-
-    @property
-    def last(self) -> dict:
-        """The latest record (empty before the first step)."""
-        return dict(self.records[-1]) if self.records else {}
-
-    @property
-    def validation(self) -> list[dict]:
-        """The records of the steps where validation ran."""
-        return [r for r in self.records if any(k.startswith("ess_") for k in r)]
-
-    def _latest(self, column: str) -> float:
-        values = [r[column] for r in self.records if column in r]
-        return float(values[-1]) if values else math.nan
-
-    @property
-    def overlap_sigma(self) -> float:
-        """The latest overlap σ on the held-out frames (NaN without them)."""
-        return self._latest("overlap_sigma")
-
-    @property
-    def restored_step(self) -> int | None:
-        """Step whose parameters the likelihood phase kept (None before its end or without
-        held-out frames)."""
-        value = self._latest("restored_step")
-        return None if math.isnan(value) else int(value)
-
-    @property
-    def summary(self) -> dict:
-        """Overlap σ, held-out NLL (latest) and restored step, e.g. for model metadata."""
-        return {"overlap_sigma": self.overlap_sigma, "holdout_nll": self._latest("holdout_nll"),
-                "holdout_frames": int(np.nan_to_num(self._latest("holdout_frames"))),
-                "restored_step": self.restored_step}
-
-    @property
-    def skipped_steps(self) -> int:
-        """Number of skipped steps."""
-        return int(sum(r.get("skipped", 0) for r in self.records))
-
-    @property
-    def energy_evaluations(self) -> int:
-        """Energy evaluations spent (cumulative at the last step)."""
-        return int(self.last.get("energy_evaluations", 0))
-
-    def to_csv(self, path: PathLike) -> Path:
-        """Write all records as CSV (atomically); returns the path."""
-        columns = self.columns
-        lines = [",".join(columns)]
-        for record in self.records:
-            lines.append(",".join(_csv_value(record.get(c, "")) for c in columns))
-        write_text_atomic(path, "\n".join(lines) + "\n")
-        return Path(path)
-
-    def state_dict(self) -> dict:
-        """Records and stop reason (for checkpoints)."""
-        return {"records": copy.deepcopy(self.records), "stop_reason": self.stop_reason}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> TrainingHistory:
-        """Rebuild from :meth:`state_dict`."""
-        return cls(copy.deepcopy(list(state["records"])), state.get("stop_reason", ""))
-
-
-def _csv_value(value) -> str:
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    return str(value)
-
-
-# ---------------------------------------------------------------------------- helpers
-def holdout_split(n_frames: int, fraction: float,
-                  chains=None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and held-out frames: the last ``fraction`` of each chain.
-
-    Frames of one MD chain are consecutive in time (``chains`` gives the chain of each
-    frame, as :func:`openmm_trade.md.simulate` records it; ``None``: one chain), so the
-    held-out frames are the end of every chain, later in time than what is trained on and
-    drawn from all chains. No frame is held out when that would leave fewer than 2 held
-    out or none to train on.
-
-    >>> holdout_split(10, 0.4, chains=[0] * 5 + [1] * 5)[1]
-    array([3, 4, 8, 9])
-    >>> holdout_split(10, 0.0)[1].size
-    0
-    """
-    chains = np.zeros(n_frames, dtype=np.int64) if chains is None else np.asarray(chains)
-    if chains.shape != (n_frames,):
-        raise InputError(f"chains must give one chain per frame ({n_frames}), got shape "
-                         f"{chains.shape}")
-    held = []
-    for chain in np.unique(chains):
-        frames = np.flatnonzero(chains == chain)
-        held.append(frames[frames.size - round(fraction * frames.size):])
-    held = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
-    if held.size < 2 or held.size >= n_frames:
-        held = np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(n_frames), held), held
-
-
-def _boundary_tensor(boundary, event_shape: tuple[int, ...], name: str = "boundary"):
-    """``(M, *event_shape)`` tensor from an mdtraj trajectory (nm), an array or a tensor."""
-    if boundary is None:
-        return None
-    if hasattr(boundary, "xyz") and hasattr(boundary, "topology"):
-        values = torch.from_numpy(np.asarray(boundary.xyz))
-    elif isinstance(boundary, np.ndarray):
-        values = torch.from_numpy(boundary)
-    elif isinstance(boundary, torch.Tensor):
-        values = boundary.detach()
-    else:
-        raise InputError(f"{name} must be an mdtraj.Trajectory, a numpy array or a torch "
-                         f"tensor of shape (M, {', '.join(map(str, event_shape))}), got "
-                         f"{type(boundary).__name__}")
-    if values.dim() != 1 + len(event_shape) or tuple(values.shape[1:]) != tuple(event_shape):
-        raise InputError(f"{name} must have shape (M, {', '.join(map(str, event_shape))}), "
-                         f"got {tuple(values.shape)}")
-    if values.shape[0] < 1:
-        raise InputError(f"{name} must hold at least one sample, got 0")
-    if not bool(torch.isfinite(values).all()):
-        raise InputError(f"{name} holds non-finite coordinates")
-    return values
 
 
 def _evaluation_points(requested: str, have_boundary: bool, t0: float, t_max: float) -> str:
@@ -730,8 +240,8 @@ class Trainer:
         """Check and keep the run-control keywords of :func:`train`."""
         t0, (t_min, t_max) = self.boundary_temperature, self.temperature_range
         self.validate_every = (None if validate_every is None
-                               else _positive_int(validate_every, "validate_every"))
-        self.validation_samples = _positive_int(validation_samples, "validation_samples")
+                               else checks.integer(validate_every, "validate_every"))
+        self.validation_samples = checks.integer(validation_samples, "validation_samples")
         if monitor_temperatures is None:
             monitor_temperatures = sorted({t_min, t0, t_max} if t_min < t0 < t_max
                                           else {t_min, 0.5 * (t_min + t_max), t_max})
@@ -739,13 +249,13 @@ class Trainer:
                                      for t in np.atleast_1d(np.asarray(monitor_temperatures))]
         self.checkpoint_path = _checkpoint_file(checkpoint)
         self.checkpoint_every = (None if checkpoint_every is None
-                                 else _positive_int(checkpoint_every, "checkpoint_every"))
+                                 else checks.integer(checkpoint_every, "checkpoint_every"))
         if self.checkpoint_every is not None and self.checkpoint_path is None:
             raise InputError("checkpoint_every needs a checkpoint path or folder, got none")
         self.history_csv = None if history_csv is None else Path(history_csv)
         self.quiet = bool(quiet)
         self.energy_budget = (None if energy_budget is None
-                              else _positive_int(energy_budget, "energy_budget"))
+                              else checks.integer(energy_budget, "energy_budget"))
 
     def _set_boundary(self, boundary, event_shape: tuple[int, ...]) -> None:
         """The boundary samples as a tensor on the model's device, split into training and
@@ -1035,7 +545,7 @@ class Trainer:
         validates or checkpoints.
         """
         cfg = self.config
-        until = cfg.steps if until is None else min(_positive_int(until, "until"), cfg.steps)
+        until = cfg.steps if until is None else min(checks.integer(until, "until"), cfg.steps)
         progress = tqdm(total=cfg.steps, initial=self.step, disable=not shown(self.quiet),
                         desc="TRADE", unit="step", dynamic_ncols=True)
         ess_label = f"ess_{temperature_label(self.monitor_temperatures[-1])}"
