@@ -376,6 +376,8 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, ref
             extra = "" if wt.refinement is None else (
                 f", SMC: {wt.refinement['levels']} levels, "
                 f"{wt.refinement['force_evaluations_per_sample']:.0f} force evaluations/sample")
+            if wt.overlap_sigma is not None:
+                extra += f", model overlap σ at T0 {wt.overlap_sigma:.2f}"
             click.echo(f"{t:g} K: ESS {wt.ess:.1%} of {n_samples}{extra} -> {path}")
 
 

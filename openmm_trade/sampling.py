@@ -245,6 +245,13 @@ class WeightedTrajectory:
         return self.metadata.get("refinement")
 
     @property
+    def overlap_sigma(self) -> float | None:
+        """The model's overlap σ at its T0 (std of the log-weights on held-out boundary
+        frames, :func:`openmm_trade.metrics.overlap_sigma`; ``ESS ≈ exp(-σ²)``), when the
+        model recorded one in training; ``None`` otherwise."""
+        return self.metadata.get("model_overlap_sigma")
+
+    @property
     def log_partition_error(self) -> float | None:
         """Standard error of :attr:`log_partition_estimate` recorded by a refinement
         (independent SMC islands), ``None`` for plain importance sampling."""
@@ -373,6 +380,8 @@ class WeightedTrajectory:
         if self.clip_log_weights is not None:
             text += (f", log-weights clipped at the {self.clip_log_weights:g} quantile "
                      f"({self.n_clipped} clipped)")
+        if self.overlap_sigma is not None:
+            text += f", model overlap σ at T0 = {self.overlap_sigma:.2f}"
         return text
 
     def __repr__(self) -> str:
@@ -539,7 +548,7 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
         return _refined(model, energy, temperature, int(n), chunk_size, output, seed, quiet,
                         clip, refine)
     metadata = {"n": int(n), "seed": seed, "model": type(model).__name__,
-                "energy": type(energy).__name__}
+                "energy": type(energy).__name__, **_model_overlap(model)}
 
     from tqdm.auto import tqdm
 
@@ -588,6 +597,12 @@ def sample(model, energy, temperature: float, n: int, chunk_size: int = 1000,
                               topology=topology, clip_log_weights=clip, metadata=metadata)
 
 
+def _model_overlap(model) -> dict:
+    """``{"model_overlap_sigma": σ}`` when the model's metadata holds a finite σ, else ``{}``."""
+    sigma = (getattr(model, "metadata", None) or {}).get("overlap_sigma")
+    return {} if sigma is None or not math.isfinite(sigma) else {"model_overlap_sigma": sigma}
+
+
 def _refined(model, energy, temperature, n, chunk_size, output, seed, quiet, clip, refine):
     """:func:`sample` with ``refine``: SMC, then optionally written to ``output``."""
     from .refine import SMC, check_options, smc
@@ -599,6 +614,7 @@ def _refined(model, energy, temperature, n, chunk_size, output, seed, quiet, cli
     if refine is True:
         options = SMC(chunk_size=int(chunk_size))
     wt = smc(model, energy, temperature, n, options=options, seed=seed, quiet=quiet)
+    wt.metadata.update(_model_overlap(model))
     if output is not None:
         wt.save(output)
     return wt

@@ -225,6 +225,14 @@ def test_sample_molecular_model_with_openmm_energy(vacuum, vacuum_frames, refere
     w = np.exp(log_w - log_w.max())
     assert wt.ess == pytest.approx(w.sum() ** 2 / (w ** 2).sum() / len(w), rel=1e-9)
     assert WeightedTrajectory.load(tmp_path / "mol.h5").trajectory.n_frames == 24
+    assert wt.overlap_sigma is None and "overlap" not in wt.summary()
+
+    model.metadata = {"overlap_sigma": 1.75}  # what training records on held-out frames
+    with ot.OpenMMEnergy(vacuum, platform="Reference") as energy:
+        wt = sample(model, energy, 400.0, 8, seed=0, quiet=True, output=tmp_path / "s.h5")
+    again = WeightedTrajectory.load(tmp_path / "s.h5")
+    assert wt.overlap_sigma == again.overlap_sigma == 1.75
+    assert "model overlap σ at T0 = 1.75" in again.summary()
 
 
 def test_sample_temperature_flow(vacuum, vacuum_frames):
