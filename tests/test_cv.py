@@ -10,7 +10,7 @@ import pytest
 
 from openmm_trade import cv as cvs
 from openmm_trade.errors import InputError
-from openmm_trade.free_energy.states import _state_mask
+from openmm_trade.free_energy import state_mask
 from openmm_trade.sampling import WeightedTrajectory
 
 
@@ -88,7 +88,7 @@ def test_ramachandran_states_partition_the_torus():
     grid = np.linspace(-math.pi, math.pi, 73)  # 5° steps, both ends included
     phi, psi = np.meshgrid(grid, grid, indexing="ij")
     values = np.column_stack([phi.ravel(), psi.ravel()])
-    masks = np.stack([_state_mask(n, s, values) for n, s in cvs.RAMACHANDRAN_STATES.items()])
+    masks = np.stack([state_mask(n, s, values) for n, s in cvs.RAMACHANDRAN_STATES.items()])
     np.testing.assert_array_equal(masks.sum(0), 1)  # every point in exactly one state
     deg = np.degrees
     c7eq, alpha_r, alpha_l = masks

@@ -47,11 +47,12 @@ from .states import (
     Populations,
     populations,
     populations_vs_temperature,
+    state_mask,
 )
 from .surfaces import FreeEnergySurface, surface
 
 __all__ = [
     "FreeEnergySurface", "PopulationProfile", "Populations", "TemperatureProfile",
     "compare_with_mbar", "mbar_reference", "populations", "populations_vs_temperature",
-    "profile_from_trajectories", "surface", "temperature_profile",
+    "profile_from_trajectories", "state_mask", "surface", "temperature_profile",
 ]

@@ -51,8 +51,14 @@ class Populations(Mapping, _Table):
         return f"Populations({body})"
 
 
-def _state_mask(name: str, state, values: np.ndarray) -> np.ndarray:
-    """Boolean membership of each sample in ``state`` (callable or boxes on CV values)."""
+def state_mask(name: str, state, values: np.ndarray) -> np.ndarray:
+    """Boolean membership of each sample in ``state``: a callable on the CV values, or one
+    box (``(lo, hi)`` per CV dimension) or a list of boxes, as in :func:`populations`.
+
+    >>> import numpy as np
+    >>> state_mask("low", [(-1.0, 0.0)], np.array([[-0.5], [0.5]])).tolist()
+    [True, False]
+    """
     if callable(state):
         mask = np.asarray(state(values), dtype=bool).reshape(-1)
         if mask.shape != (values.shape[0],):
@@ -125,7 +131,7 @@ def populations(data, states: Mapping[str, Callable | Sequence] | None = None, c
     w, _ = scaled_weights(log_weights)
     if not (w > 0).any():
         raise InputError("data has no sample with non-zero weight")
-    masks = np.stack([_state_mask(name, s, values) for name, s in states.items()], axis=1)
+    masks = np.stack([state_mask(name, s, values) for name, s in states.items()], axis=1)
     masks = masks.astype(np.float64)
     population = (w @ masks) / w.sum()
     rng = np.random.default_rng(seed)
