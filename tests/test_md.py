@@ -98,7 +98,7 @@ def test_kill_and_resume(vacuum, tmp_path):
     script = textwrap.dedent(_KILLED_RUN.format(n=n_frames, out=str(out), k=1))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded CI machine, not a speed test
     while _checkpointed_frames(chk) < 30:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint written in time"
@@ -170,7 +170,7 @@ def test_chains_kill_and_resume(vacuum, tmp_path):
     script = textwrap.dedent(_KILLED_RUN.format(n=n_frames, out=str(out), k=2))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while min(_chain_checkpoints(folder, 2)) < 20:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint written in time"
@@ -244,14 +244,14 @@ def test_chain_death_raises(vacuum, tmp_path):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while min(_chain_checkpoints(tmp_path / "run.h5.chains", 2)) < 1:
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.05)
     children = _chain_processes(os.getpid())
     assert len(children) == 2
     os.kill(children[1], signal.SIGKILL)
-    thread.join(timeout=30)
+    thread.join(timeout=120)  # a hang is forever; 120 s leaves room for a loaded machine
     assert not thread.is_alive(), "simulate hangs after a chain died"
     assert isinstance(outcome.get("error"), WorkerError)
     assert "killed by SIGKILL" in str(outcome["error"])
