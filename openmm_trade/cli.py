@@ -327,14 +327,13 @@ def _model_options(section: str):
 def _check_temperatures(temperatures, option: str, within=None,
                         range_name: str = "the model's range") -> None:
     """Each value a temperature > 0 K (and inside ``within``, a model's range)."""
-    from .errors import InputError
+    from . import checks
     from .units import check_temperature
 
     for t in temperatures:
         check_temperature(t, option)
-        if within is not None and not within[0] <= t <= within[1]:
-            raise InputError(f"{option}: expected temperatures within {range_name} "
-                             f"[{within[0]:g}, {within[1]:g}] K, found {t:g} K")
+    if within is not None:
+        checks.within(temperatures, option, within, what=range_name)
 
 
 def _load_model(system_name: str, pdb, forcefield, model_file, temperatures):

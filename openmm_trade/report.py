@@ -196,7 +196,7 @@ def _refinement_section(run: RunDirectory) -> list[str]:
 
     rows = []
     for path in run.sample_paths().values():
-        wt = WeightedTrajectory.load(path)
+        wt = WeightedTrajectory.load(path, lazy=True)  # weights and metadata; no conformations
         ref = wt.refinement
         if not ref or "flow_ess" not in ref:
             continue
