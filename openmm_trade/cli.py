@@ -31,6 +31,7 @@ from .config import (
 from .errors import OpenMMTradeError
 from .progress import shown
 from .run_directory import RunDirectory
+from .units import temperature_label
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -204,12 +205,22 @@ def _system_options(function):
 
 
 def _load_system(system_name: str, pdb, forcefield):
-    from . import systems
-    from .system import MolecularSystem
+    """The system of the options, built as ``run`` builds its ``[system]`` section."""
+    from .config import validate
+    from .systems import system_from_spec
 
-    if pdb:
-        return MolecularSystem.from_pdb(pdb, forcefield=tuple(forcefield))
-    return systems.load(system_name)
+    spec = {"pdb": str(pdb), "forcefield": list(forcefield)} if pdb else {"name": system_name}
+    return system_from_spec(validate({"system": spec}, source="options",
+                                     check_api=False).system)
+
+
+def _stage(run: RunDirectory, stage: str, work, energy=None) -> dict:
+    """``work`` run as ``stage`` of the run folder (the workflow's bookkeeping: timed and
+    recorded in ``stages.json``)."""
+    from .workflow import run_stage
+
+    return run_stage(run, stage, work,
+                     evaluations=(lambda: energy.n_evaluations) if energy else lambda: 0)
 
 
 @main.command()
@@ -240,20 +251,26 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, equilib
       openmm-trade md --out run1
       openmm-trade md --temperature 450 --n-frames 6000 --out run1
     """
-    from . import md as md_module
-    from .coverage import measure
     from .units import check_temperature
+    from .workflow import check_coverage, simulate_boundary
 
     run = RunDirectory(out or Path("openmm-trade-md"))
     check_temperature(temperature, "--temperature")
     msys = _load_system(system_name, pdb, forcefield)
+    summary = []
+
+    def boundary_stage() -> dict:
+        traj, record = simulate_boundary(
+            msys, run, temperature=temperature, n_frames=n_frames, interval_ps=interval_ps,
+            equilibration_ps=equilibration_ps, n_chains=n_chains, seed=_seed(seed),
+            resume=resume, quiet=_quiet(quiet))
+        coverage = check_coverage(run, traj)
+        summary.append(f"wrote {traj.n_frames} frames to {run.boundary}\n{coverage.summary()}")
+        return {**record, "coverage_ok": coverage.ok}
+
     run.root.mkdir(parents=True, exist_ok=True)
-    traj = md_module.simulate(msys, temperature=temperature, n_frames=n_frames,
-                              interval_ps=interval_ps, equilibration_ps=equilibration_ps,
-                              seed=_seed(seed), output=run.boundary, resume=resume,
-                              quiet=_quiet(quiet), n_chains=n_chains)
-    click.echo(f"wrote {traj.n_frames} frames to {run.boundary}")
-    click.echo(measure(traj).summary())
+    _stage(run, "boundary", boundary_stage)
+    click.echo(summary[0])
 
 
 @main.command()
@@ -279,8 +296,7 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
     """
     from . import md as md_module
     from .energy import OpenMMEnergy
-    from .flow import TemperatureFlow
-    from .training import train as train_model
+    from .workflow import train_model
 
     run = RunDirectory(out or Path("openmm-trade-train"))
     _check_temperatures(t_range, "--range")
@@ -288,16 +304,12 @@ def train(system_name, pdb, forcefield, boundary_file, temperature, t_range, ste
                         range_name="--range")
     msys = _load_system(system_name, pdb, forcefield)
     boundary = md_module.load_boundary(boundary_file, msys)
-    model = TemperatureFlow.for_system(msys, boundary, temperature_range=tuple(t_range),
-                                       reference_temperature=temperature)
-    options = {} if steps is None else {"steps": steps}
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
-        train_model(model, energy, boundary=boundary, boundary_temperature=temperature,
-                    temperature_range=tuple(t_range), checkpoint=run.checkpoints,
-                    resume=resume, history_csv=run.training_history,
-                    seed=_seed(seed), quiet=_quiet(quiet), **options)
-    model.save(run.model)
+        _stage(run, "training", lambda: {"steps": len(train_model(
+            msys, energy, run, boundary, temperature=temperature,
+            temperature_range=tuple(t_range), seed=_seed(seed),
+            training_options={} if steps is None else {"steps": steps}, resume=resume,
+            quiet=_quiet(quiet)))}, energy)
     click.echo(f"wrote {run.model}")
 
 
@@ -360,24 +372,26 @@ def sample(system_name, pdb, forcefield, model_file, temperature, n_samples, ref
       openmm-trade sample --model run1/model.pt --temperature 450 --temperature 600 --out run1
     """
     from .energy import OpenMMEnergy
-    from .sampling import sample as draw
+    from .workflow import draw_samples
+
     run = RunDirectory(out or Path("openmm-trade-samples"))
     msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
     with OpenMMEnergy(msys) as energy:
-        for t in temperature:
-            path = run.sample_path(t)
-            if resume and path.exists():
-                continue
-            wt = draw(model, energy, temperature=t, n=n_samples,
-                      seed=_seed(seed), quiet=_quiet(quiet), refine=refine)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            wt.save(path)
-            extra = "" if wt.refinement is None else (
-                f", SMC: {wt.refinement['levels']} levels, "
-                f"{wt.refinement['force_evaluations_per_sample']:.0f} force evaluations/sample")
-            if wt.overlap_sigma is not None:
-                extra += f", model overlap σ at T0 {wt.overlap_sigma:.2f}"
-            click.echo(f"{t:g} K: ESS {wt.ess:.1%} of {n_samples}{extra} -> {path}")
+        drawn = _stage(run, "sampling", lambda: draw_samples(
+            model, energy, run, temperature, n=n_samples, seed=_seed(seed), refine=refine,
+            resume=resume, quiet=_quiet(quiet)), energy)
+    for t in temperature:
+        row = drawn.get(temperature_label(t))
+        if row is None:
+            click.echo(f"{t:g} K: kept {run.sample_path(t)} (--resume)")
+            continue
+        extra = "" if "levels" not in row else (
+            f", SMC: {row['levels']} levels, "
+            f"{row['force_evaluations_per_sample']:.0f} force evaluations/sample")
+        if "overlap_sigma" in row:
+            extra += f", model overlap σ at T0 {row['overlap_sigma']:.2f}"
+        click.echo(f"{t:g} K: ESS {row['ess']:.1%} of {n_samples}{extra} -> "
+                   f"{run.sample_path(t)}")
 
 
 @main.command("free-energy")
@@ -395,18 +409,15 @@ def free_energy_command(system_name, pdb, forcefield, model_file, temperature, n
       openmm-trade free-energy --model run1/model.pt --temperature 300 --temperature 450 \\
           --temperature 600 --out run1
     """
-    from . import free_energy
     from .energy import OpenMMEnergy
-    from .workflow import summary_table
+    from .workflow import summary_table, temperature_profile
 
     run = RunDirectory(out or Path("openmm-trade-free-energy"))
     msys, model = _load_model(system_name, pdb, forcefield, model_file, temperature)
-    run.root.mkdir(parents=True, exist_ok=True)
     with OpenMMEnergy(msys) as energy:
-        table = free_energy.temperature_profile(model, energy, temperatures=list(temperature),
-                                                n=n_samples, seed=_seed(seed),
-                                                quiet=_quiet(quiet), refine=refine)
-    table.to_csv(run.free_energy)
+        _stage(run, "free_energy", lambda: {"ess": [float(e) for e in temperature_profile(
+            model, energy, run, temperature, n=n_samples, seed=_seed(seed), refine=refine,
+            quiet=_quiet(quiet)).ess]}, energy)
     click.echo(summary_table(run.root))
 
 

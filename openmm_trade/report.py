@@ -224,10 +224,9 @@ def _gap(torsion: dict) -> str:
 
 
 def _cost_section(run: RunDirectory) -> list[str]:
-    stages_file = run.stages
-    if not stages_file.exists():
+    stages = run.finished_stages()
+    if not stages:
         return []
-    stages = json.loads(stages_file.read_text())
     rows = [[name, f"{record.get('seconds', float('nan')):.1f}",
              f"{record.get('energy_evaluations', 0):,}"]
             for name, record in stages.items() if name != "report"]

@@ -22,18 +22,23 @@ Example
 >>> run = RunDirectory(tempfile.mkdtemp())
 >>> run.sample_path(450.0).name, run.free_energy.name
 ('450K.h5', 'free_energy.csv')
->>> run.sample_paths()
-{}
+>>> run.sample_paths(), run.finished_stages()
+({}, {})
+>>> run.mark_finished("boundary", {"seconds": 1.5})
+>>> run.finished_stages()
+{'boundary': {'seconds': 1.5}}
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .files import write_text_atomic
 from .units import temperature_label
 
 
@@ -120,6 +125,20 @@ class RunDirectory:
         """The run's ``config.toml`` as a dict."""
         with open(self.require().config, "rb") as handle:
             return tomllib.load(handle)
+
+    def finished_stages(self) -> dict:
+        """Stage name -> record (seconds, energy evaluations, ...) of the finished stages
+        (``stages.json``; empty when none has finished)."""
+        if self.stages.exists():
+            return json.loads(self.stages.read_text())
+        return {}
+
+    def mark_finished(self, stage: str, record: dict) -> None:
+        """Record ``stage`` as finished in ``stages.json`` (written atomically)."""
+        done = self.finished_stages()
+        done[stage] = record
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.stages, json.dumps(done, indent=2))
 
     def sample_paths(self) -> dict[float, Path]:
         """``{temperature: file}`` of the weighted trajectories, sorted by temperature; each

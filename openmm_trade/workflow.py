@@ -29,6 +29,7 @@ import json
 import logging
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import RunConfig
@@ -85,20 +86,9 @@ class RunWorkflow:
                     "resumed; resume with the same configuration or choose a new --out"
                 )
 
-    @property
-    def stages_file(self) -> Path:
-        return self.run.stages
-
     def finished_stages(self) -> dict:
         """Stage name -> record (seconds, energy evaluations, ...) of finished stages."""
-        if self.stages_file.exists():
-            return json.loads(self.stages_file.read_text())
-        return {}
-
-    def _mark_finished(self, stage: str, record: dict) -> None:
-        done = self.finished_stages()
-        done[stage] = record
-        write_text_atomic(self.stages_file, json.dumps(done, indent=2))
+        return self.run.finished_stages()
 
     @property
     def msys(self):
@@ -141,16 +131,8 @@ class RunWorkflow:
                 if stage in self.finished_stages():
                     log.info("stage %s: already finished, skipped", stage)
                     continue
-                log.info("stage %s: started", stage)
-                start = time.perf_counter()
-                evaluations = self._energy.n_evaluations if self._energy else 0
-                record = getattr(self, f"_stage_{stage}")() or {}
-                record["seconds"] = round(time.perf_counter() - start, 2)
-                record.setdefault(
-                    "energy_evaluations",
-                    (self._energy.n_evaluations if self._energy else 0) - evaluations)
-                self._mark_finished(stage, record)
-                log.info("stage %s: finished in %.1f s", stage, record["seconds"])
+                run_stage(self.run, stage, getattr(self, f"_stage_{stage}"),
+                          evaluations=lambda: self._energy.n_evaluations if self._energy else 0)
         finally:
             root.removeHandler(handler)
             handler.close()
@@ -161,61 +143,28 @@ class RunWorkflow:
 
     # ------------------------------------------------------------------ stages
     def _stage_boundary(self) -> dict:
-        from . import md
-
         spec = self.config.boundary
-        path = self.run.boundary
         if self.config.simulate_boundary:
-            traj = md.simulate(
-                self.msys, temperature=spec["temperature"], n_frames=spec["n_frames"],
+            traj, record = simulate_boundary(
+                self.msys, self.run, temperature=spec["temperature"], n_frames=spec["n_frames"],
                 interval_ps=spec["interval_ps"], equilibration_ps=spec["equilibration_ps"],
-                seed=self.config.compute["seed"], platform=self.config.compute["platform"],
-                output=path, resume=self.resume, quiet=self.quiet,
-                n_chains=spec.get("n_chains"))
-            steps = round(spec["n_frames"] * spec["interval_ps"] / md.default_timestep_ps(
-                self.msys))
-            record = {"frames": traj.n_frames, "energy_evaluations": steps}
+                n_chains=spec.get("n_chains"), seed=self.config.compute["seed"],
+                platform=self.config.compute["platform"], resume=self.resume, quiet=self.quiet)
         else:
-            traj = md.load_boundary(spec["files"], self.msys, stride=spec["stride"])
-            md.save_trajectory(traj, path)
-            record = {"frames": traj.n_frames, "energy_evaluations": 0}
-        return {**record, "coverage_ok": self._check_coverage(traj)}
-
-    def _check_coverage(self, traj) -> bool:
-        """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`) and log its summary."""
-        from .coverage import measure
-
-        result = measure(traj)
-        write_text_atomic(self.run.coverage, json.dumps(
-            {**result.to_dict(), "summary": result.summary()}, indent=2))
-        (log.info if result.ok else log.warning)("%s", result.summary())
-        return result.ok
-
-    def _boundary(self):
-        from . import md
-
-        return md.load_trajectory(self.run.boundary)
+            traj, record = import_boundary(self.msys, self.run, spec["files"],
+                                           stride=spec["stride"])
+        return {**record, "coverage_ok": check_coverage(self.run, traj).ok}
 
     def _stage_training(self) -> dict:
-        from .flow import TemperatureFlow
-        from .training import TrainingConfig, train
+        from . import md
 
-        t0 = float(self.config.boundary["temperature"])
-        t_range = tuple(float(t) for t in self.config.temperatures["range"])
-        boundary = self._boundary()
-        model = TemperatureFlow.for_system(
-            self.msys, boundary, temperature_range=t_range, reference_temperature=t0,
-            device=self.config.compute["device"], **self.config.model)
-        checkpoints = self.run.checkpoints
-        checkpoints.mkdir(exist_ok=True)
-        # the run's seed unless [training] sets one
-        history = train(
-            model, self.energy, boundary=boundary, boundary_temperature=t0,
-            config=TrainingConfig(seed=self.config.compute["seed"]), temperature_range=t_range,
-            checkpoint=checkpoints, resume=self.resume,
-            history_csv=self.run.training_history, quiet=self.quiet,
-            **self.config.training)
-        model.save(self.run.model)
+        history = train_model(
+            self.msys, self.energy, self.run, md.load_trajectory(self.run.boundary),
+            temperature=float(self.config.boundary["temperature"]),
+            temperature_range=tuple(float(t) for t in self.config.temperatures["range"]),
+            seed=self.config.compute["seed"], model_options=self.config.model,
+            training_options=self.config.training, device=self.config.compute["device"],
+            resume=self.resume, quiet=self.quiet)
         return {"steps": len(history)}
 
     def _model(self):
@@ -225,24 +174,11 @@ class RunWorkflow:
 
     def _stage_sampling(self) -> dict:
         from .refine import options_from_config
-        from .sampling import sample
 
-        model = self._model()
-        summary = {}
-        for temperature in self.targets:
-            path = self.run.sample_path(temperature)
-            if self.resume and path.exists():
-                continue
-            wt = sample(model, self.energy, temperature=temperature,
-                        n=self.config.sampling["n"], seed=self.config.compute["seed"],
-                        quiet=self.quiet, refine=options_from_config(self.config.sampling))
-            path.parent.mkdir(exist_ok=True)
-            wt.save(path)
-            summary[temperature_label(temperature)] = {"ess": float(wt.ess)}
-            if wt.refinement is not None:
-                summary[temperature_label(temperature)]["force_evaluations"] = (
-                    wt.refinement["force_evaluations"])
-        return summary
+        return draw_samples(self._model(), self.energy, self.run, self.targets,
+                            n=self.config.sampling["n"], seed=self.config.compute["seed"],
+                            refine=options_from_config(self.config.sampling),
+                            resume=self.resume, quiet=self.quiet)
 
     def _weighted_trajectories(self) -> dict:
         from .sampling import WeightedTrajectory
@@ -256,13 +192,12 @@ class RunWorkflow:
         from . import cv, free_energy
         from .refine import options_from_config
 
-        table = free_energy.temperature_profile(
-            self._model(), self.energy, temperatures=self.targets,
+        table = temperature_profile(
+            self._model(), self.energy, self.run, self.targets,
             n=self.config.free_energy["n"], n_bootstrap=self.config.free_energy["n_bootstrap"],
             seed=self.config.compute["seed"], quiet=self.quiet,
             refine=options_from_config(self.config.sampling,
                                        refine=self.config.free_energy["refine"]))
-        table.to_csv(self.run.free_energy)
         if cv.has_ramachandran(self.msys.mdtraj_topology):
             populations = free_energy.populations_vs_temperature(
                 list(self._weighted_trajectories().values()), cv.RAMACHANDRAN_STATES,
@@ -283,6 +218,142 @@ class RunWorkflow:
 
         write_report(self.out)
         return {}
+
+
+# ---------------------------------------------------------------------------- the stages
+# Each stage is a function of explicit inputs that writes into a RunDirectory: RunWorkflow
+# calls them with a configuration's values, the single-stage commands (``openmm-trade md``,
+# ``train``, ``sample``, ``free-energy``) with their options, and :func:`run_stage` records
+# either in ``stages.json``.
+
+def run_stage(run: RunDirectory, stage: str, work: Callable[[], dict | None],
+              evaluations: Callable[[], int] = lambda: 0) -> dict:
+    """Run ``work`` as ``stage`` of ``run``: time it, count the energy evaluations it made
+    (``evaluations()`` before and after, unless it reports its own) and record it in
+    ``stages.json``; returns the record.
+
+    >>> import tempfile
+    >>> run = RunDirectory(tempfile.mkdtemp())
+    >>> sorted(run_stage(run, "report", lambda: {"pages": 1}))
+    ['energy_evaluations', 'pages', 'seconds']
+    >>> list(run.finished_stages())
+    ['report']
+    """
+    log.info("stage %s: started", stage)
+    start, before = time.perf_counter(), evaluations()
+    record = work() or {}
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    record.setdefault("energy_evaluations", evaluations() - before)
+    run.mark_finished(stage, record)
+    log.info("stage %s: finished in %.1f s", stage, record["seconds"])
+    return record
+
+
+def simulate_boundary(msys, run: RunDirectory, *, temperature: float, n_frames: int,
+                      interval_ps: float, equilibration_ps: float, n_chains: int | None,
+                      seed: int, platform: str = "CPU", resume: bool = False,
+                      quiet: bool = False):
+    """Boundary MD at ``temperature`` into ``run.boundary`` (:func:`openmm_trade.md.simulate`);
+    returns the trajectory and the stage record (frames, MD steps as energy evaluations)."""
+    from . import md
+
+    traj = md.simulate(msys, temperature=temperature, n_frames=n_frames,
+                       interval_ps=interval_ps, equilibration_ps=equilibration_ps, seed=seed,
+                       platform=platform, output=run.boundary, resume=resume, quiet=quiet,
+                       n_chains=n_chains)
+    steps = round(n_frames * interval_ps / md.default_timestep_ps(msys))
+    return traj, {"frames": traj.n_frames, "energy_evaluations": steps}
+
+
+def import_boundary(msys, run: RunDirectory, files, stride: int = 1):
+    """The user's MD ``files`` (:func:`openmm_trade.md.load_boundary`) copied into
+    ``run.boundary``; returns the trajectory and the stage record."""
+    from . import md
+
+    traj = md.load_boundary(files, msys, stride=stride)
+    md.save_trajectory(traj, run.boundary)
+    return traj, {"frames": traj.n_frames, "energy_evaluations": 0}
+
+
+def check_coverage(run: RunDirectory, traj):
+    """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`), log its summary and
+    return the :class:`~openmm_trade.coverage.Coverage` measured."""
+    from .coverage import measure
+
+    result = measure(traj)
+    write_text_atomic(run.coverage, json.dumps(
+        {**result.to_dict(), "summary": result.summary()}, indent=2))
+    (log.info if result.ok else log.warning)("%s", result.summary())
+    return result
+
+
+def train_model(msys, energy, run: RunDirectory, boundary, *, temperature: float,
+                temperature_range: tuple[float, float], seed: int,
+                model_options: dict | None = None, training_options: dict | None = None,
+                device: str = "cpu", resume: bool = False, quiet: bool = False):
+    """A TemperatureFlow for ``msys`` trained on ``boundary`` at ``temperature`` (T0) and
+    carried over ``temperature_range``: ``run.model``, ``run.checkpoints`` and
+    ``run.training_history`` are written; returns the training history.
+
+    ``model_options`` go to :meth:`TemperatureFlow.for_system`, ``training_options`` to
+    :func:`openmm_trade.train` (``seed`` unless they set one)."""
+    from .flow import TemperatureFlow
+    from .training import TrainingConfig, train
+
+    model = TemperatureFlow.for_system(
+        msys, boundary, temperature_range=temperature_range,
+        reference_temperature=temperature, device=device, **(model_options or {}))
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    history = train(
+        model, energy, boundary=boundary, boundary_temperature=temperature,
+        config=TrainingConfig(seed=seed), temperature_range=temperature_range,
+        checkpoint=run.checkpoints, resume=resume, history_csv=run.training_history,
+        quiet=quiet, **(training_options or {}))
+    model.save(run.model)
+    return history
+
+
+def draw_samples(model, energy, run: RunDirectory, temperatures, *, n: int, seed: int,
+                 refine=None, resume: bool = False, quiet: bool = False) -> dict:
+    """Weighted trajectories of ``n`` samples at each temperature, saved as
+    ``run.sample_path(T)`` (those already there are kept with ``resume``); returns
+    ``{label: {"ess": ..., ...}}`` of the ones drawn (with ``overlap_sigma`` and the
+    refinement's force evaluations where known)."""
+    from .sampling import sample
+
+    summary = {}
+    for temperature in temperatures:
+        path = run.sample_path(temperature)
+        if resume and path.exists():
+            continue
+        wt = sample(model, energy, temperature=temperature, n=n, seed=seed, quiet=quiet,
+                    refine=refine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wt.save(path)
+        row = summary[temperature_label(temperature)] = {"ess": float(wt.ess)}
+        if wt.refinement is not None:
+            row["force_evaluations"] = wt.refinement["force_evaluations"]
+            row["levels"] = wt.refinement["levels"]
+            row["force_evaluations_per_sample"] = wt.refinement[
+                "force_evaluations_per_sample"]
+        if wt.overlap_sigma is not None:
+            row["overlap_sigma"] = float(wt.overlap_sigma)
+    return summary
+
+
+def temperature_profile(model, energy, run: RunDirectory, temperatures, *, n: int, seed: int,
+                        n_bootstrap: int | None = None, refine=None, quiet: bool = False):
+    """Δf(T), ⟨U⟩, C_v and ESS (:func:`openmm_trade.free_energy.temperature_profile`)
+    written to ``run.free_energy``; returns the table."""
+    from . import free_energy
+
+    options = {} if n_bootstrap is None else {"n_bootstrap": n_bootstrap}
+    table = free_energy.temperature_profile(model, energy, temperatures=list(temperatures),
+                                            n=n, seed=seed, quiet=quiet, refine=refine,
+                                            **options)
+    run.root.mkdir(parents=True, exist_ok=True)
+    table.to_csv(run.free_energy)
+    return table
 
 
 def summary_table(out) -> str:
@@ -321,4 +392,6 @@ def summary_table(out) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RunWorkflow", "summary_table", "system_from_spec", "temperature_label"]
+__all__ = ["RunWorkflow", "check_coverage", "draw_samples", "import_boundary", "run_stage",
+           "simulate_boundary", "summary_table", "system_from_spec", "temperature_label",
+           "temperature_profile", "train_model"]

@@ -222,6 +222,14 @@ def test_step_by_step_commands(tmp_path):
     text = invoke("free-energy", "--model", str(tmp_path / "model.pt"), "--temperature", "300",
                   "--temperature", "400", "-n", "32")
     assert "400.0" in text and (tmp_path / "free_energy.csv").is_file()
+    # each command ran its stage of the workflow, recorded as `run` records it
+    stages = json.loads((tmp_path / "stages.json").read_text())
+    assert list(stages) == ["boundary", "training", "sampling", "free_energy"]
+    assert stages["boundary"]["frames"] == 40 and "coverage_ok" in stages["boundary"]
+    assert stages["training"]["steps"] == 3 and stages["training"]["energy_evaluations"] > 0
+    assert stages["sampling"]["350K"]["ess"] > 0
+    assert stages["free_energy"]["energy_evaluations"] >= 2 * 32
+    assert (tmp_path / "coverage.json").is_file()
     result = runner.invoke(main, ["sample", "--model", str(tmp_path / "model.pt"),
                                   "--temperature", "-5", "--out", out])
     assert result.exit_code == 2 and "temperature" in result.output

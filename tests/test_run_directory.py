@@ -5,7 +5,7 @@ import doctest
 import numpy as np
 import pytest
 
-from openmm_trade import run_directory
+from openmm_trade import run_directory, workflow
 from openmm_trade.errors import InputError
 from openmm_trade.run_directory import RunDirectory
 from openmm_trade.sampling import WeightedTrajectory
@@ -13,6 +13,7 @@ from openmm_trade.sampling import WeightedTrajectory
 
 def test_docstring_examples():
     assert doctest.testmod(run_directory).failed == 0
+    assert doctest.testmod(workflow).failed == 0
 
 
 def test_samples_are_found_by_the_temperature_they_hold(tmp_path):
