@@ -481,5 +481,25 @@ def test_alanine_dipeptide_vacuum_ci_run(vacuum, tmp_path):
     assert np.median(trade[-20:]) < 0.6 * np.median(trade[:20])
     last = history.last
     for t in ("300K", "450K", "600K"):
-        assert 0.0 < last[f"ess_{t}"] <= 1.0 and math.isfinite(last[f"residual_{t}"])
+        assert math.isfinite(last[f"residual_{t}"])
     assert history.energy_evaluations > 0 and history.skipped_steps <= 5
+    # The monitor's ESS at 300 K, recomputed outside the package: the same flow samples (the
+    # validation generator is seeded by (seed, step); 300 K is drawn first), their energies
+    # from a plain OpenMM context, and ESS = (Σw)² / (n Σw²).
+    import openmm
+    from openmm import unit
+
+    generator = torch.Generator().manual_seed(0 * 1_000_003 + int(last["step"]))
+    with torch.no_grad():
+        x, log_p = model.eval().sample(128, 300.0, generator=generator)
+    context = openmm.Context(vacuum.system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    energies = []
+    for positions in x.double().reshape(128, -1, 3).numpy():
+        context.setPositions(positions * unit.nanometer)
+        energies.append(context.getState(getEnergy=True).getPotentialEnergy()
+                        .value_in_unit(unit.kilojoule_per_mole))
+    kt = 0.0083144626 * 300.0
+    log_w = -np.asarray(energies) / kt - log_p.double().numpy()
+    w = np.exp(log_w - log_w.max())
+    assert last["ess_300K"] == pytest.approx(w.sum() ** 2 / (w.size * (w * w).sum()), rel=1e-3)
