@@ -102,6 +102,25 @@ class TorsionCoverage:
         """Number of basins found in the data (1 when no border)."""
         return max(1, len(self.borders_deg))
 
+    def frames_needed(self, n_frames: int, min_transitions: int) -> int | None:
+        """Frames of MD like these that would show ``min_transitions`` crossings, at the
+        crossing rate seen in ``n_frames``; ``None`` when the torsion is not flagged.
+
+        With no crossing seen the rate is taken at its 95 % Poisson upper bound, 3 per
+        ``n_frames``, so the estimate is a lower bound: ``n_frames * min_transitions / 3``.
+        Crossings are rare events, so with a few of them the estimate is rough (± its
+        square root, relative).
+
+        >>> TorsionCoverage("phi", (4, 6, 8, 14), (0.0, 120.0), 4, 50.0).frames_needed(6000, 10)
+        15000
+        >>> TorsionCoverage("psi", (6, 8, 14, 16), (), 0, 50.0, 90.0).frames_needed(6000, 10)
+        20000
+        """
+        if not self.crossed_too_rarely(min_transitions):
+            return None
+        rate = (self.transitions or 3) / n_frames
+        return int(math.ceil(min_transitions / rate))
+
 
 @dataclass(frozen=True)
 class Coverage:
@@ -113,12 +132,37 @@ class Coverage:
     n_frames, n_chains : int
     min_transitions : int
         Threshold of the flag.
+    interval_ps : float or None
+        Time between frames when the trajectory records it (to state the MD needed in ns).
     """
 
     torsions: tuple[TorsionCoverage, ...]
     n_frames: int
     n_chains: int
     min_transitions: int
+    interval_ps: float | None = None
+
+    @property
+    def frames_needed(self) -> int | None:
+        """Boundary frames at which every flagged torsion would cross ``min_transitions``
+        times at its rate in these data (the largest of
+        :meth:`TorsionCoverage.frames_needed`); ``None`` when nothing is flagged."""
+        needed = [t.frames_needed(self.n_frames, self.min_transitions) for t in self.torsions]
+        needed = [n for n in needed if n is not None]
+        return max(needed) if needed else None
+
+    def needed_line(self) -> str:
+        """The MD a flagged boundary would need, in words ("" when nothing is flagged)."""
+        frames = self.frames_needed
+        if frames is None:
+            return ""
+        bound = ("at least " if any(t.transitions == 0 for t in self.torsions
+                                    if t.name in self.flagged) else "about ")
+        time = (f" ({frames * self.interval_ps / 1000:.3g} ns at {self.interval_ps:g} ps per "
+                "frame)" if self.interval_ps else "")
+        return (f"At the crossing rate of these data the slow torsions would cross "
+                f"{self.min_transitions} times in {bound}{frames} frames{time} of MD at this "
+                "temperature.")
 
     @property
     def flagged(self) -> list[str]:
@@ -134,7 +178,9 @@ class Coverage:
         """Plain data for JSON (``flagged`` and ``ok`` included)."""
         torsions = [{**asdict(t), "n_basins": t.n_basins} for t in self.torsions]
         return {"torsions": torsions, "n_frames": self.n_frames, "n_chains": self.n_chains,
-                "min_transitions": self.min_transitions, "flagged": self.flagged, "ok": self.ok}
+                "min_transitions": self.min_transitions, "interval_ps": self.interval_ps,
+                "flagged": self.flagged, "ok": self.ok, "frames_needed": self.frames_needed,
+                "needed": self.needed_line()}
 
     def summary(self) -> str:
         """Human-readable lines, ending with the flag when raised."""
@@ -151,6 +197,7 @@ class Coverage:
                 "data likely miss or misweight states. Run longer MD, or MD at a higher "
                 "temperature (the top of the range)."
             )
+            lines.append(f"  {self.needed_line()}")
         return "\n".join(lines)
 
 
@@ -354,4 +401,12 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
             tuple(round(float(np.rad2deg(b)), 1) for b in borders), count, g,
             largest_gap_deg(angles)))
     return Coverage(tuple(torsions), int(traj.n_frames), int(np.unique(chains).size),
-                    int(min_transitions))
+                    int(min_transitions), _interval_ps(traj))
+
+
+def _interval_ps(traj: mdtraj.Trajectory) -> float | None:
+    """ps between consecutive frames, when the trajectory's times say so (else None)."""
+    if traj.n_frames < 2 or traj.time is None:
+        return None
+    step = float(np.median(np.diff(np.asarray(traj.time, dtype=float))))
+    return step if step > 0 and math.isfinite(step) else None

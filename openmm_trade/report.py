@@ -186,6 +186,8 @@ def _coverage_section(run: RunDirectory) -> list[str]:
                   f"{coverage['min_transitions']} crossings between basins, or part of the "
                   "circle never visited: the boundary data likely miss or misweight states "
                   "(run longer MD, or MD at the top of the range)."]
+        if coverage.get("needed"):  # absent in runs made before it existed
+            lines += ["", coverage["needed"]]
     return lines + [""]
 
 

@@ -149,6 +149,26 @@ def test_hot_md_crosses_cold_does_not(hot_run):
     assert _phi_changes(cold_run, (30, 110), (160, -45)) == 0
     assert cold.torsions[0].transitions == 0 and "phi" in cold.flagged
     assert "WARNING" in cold.summary()
+    # no crossing in 1000 frames: at least 10 / (3 per 1000) frames needed, stated with the
+    # MD time from the trajectory's own 0.2 ps frames; nothing needed where nothing is flagged
+    assert cold.interval_ps == pytest.approx(0.2)
+    assert cold.frames_needed == 3334
+    assert "at least 3334 frames (0.667 ns at 0.2 ps per frame)" in cold.summary()
+    assert cold.to_dict()["frames_needed"] == 3334
+    assert (hot.frames_needed is None) == hot.ok
+
+
+def test_frames_needed_follows_the_crossing_rate(hot_run):
+    # a slice with k crossings of phi (k < 10) needs 10/k times its length
+    for n in (100, 200, 400):
+        part = coverage.measure(hot_run[:n], chains=np.zeros(n, dtype=int))
+        phi = part.torsions[0]
+        if 0 < phi.transitions < 10:
+            assert phi.frames_needed(n, 10) == int(np.ceil(10 * n / phi.transitions))
+            assert part.frames_needed >= phi.frames_needed(n, 10)
+            assert "about" in part.needed_line() or "at least" in part.needed_line()
+            return
+    pytest.fail("no slice with 1-9 crossings of phi")
 
 
 def test_flag_and_fallback_torsions(hot_run):
