@@ -9,7 +9,9 @@ For every combination of the candidates given on the command line:
 2. Model and fit: :meth:`TemperatureFlow.for_system` with the candidate's width × coupling
    blocks (× spline bins), then :func:`openmm_trade.train` with its defaults except the
    candidate's length (and ``kl_weight``): ``--steps``, or a budget of ``--minutes`` turned
-   into steps by timing the architecture's steps first; the last 10 % of the frames are held out,
+   into steps by timing the architecture's steps first (that timing includes one-time costs
+   such as the first fill of the ⟨U⟩ grid, so a training takes less CPU than its nominal
+   budget: the table reports what it took); the last 10 % of the frames are held out,
    the likelihood phase keeps its best held-out parameters, then TRADE.
    Checkpointed in ``<cache>/fit-benchmark/...``: an interrupted benchmark resumes where it
    stopped, and finished candidates are not recomputed.
