@@ -257,20 +257,18 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, equilib
     run = RunDirectory(out or Path("openmm-trade-md"))
     check_temperature(temperature, "--temperature")
     msys = _load_system(system_name, pdb, forcefield)
-    summary = []
 
     def boundary_stage() -> dict:
         traj, record = simulate_boundary(
             msys, run, temperature=temperature, n_frames=n_frames, interval_ps=interval_ps,
             equilibration_ps=equilibration_ps, n_chains=n_chains, seed=_seed(seed),
             resume=resume, quiet=_quiet(quiet))
-        coverage = check_coverage(run, traj)
-        summary.append(f"wrote {traj.n_frames} frames to {run.boundary}\n{coverage.summary()}")
-        return {**record, "coverage_ok": coverage.ok}
+        return {**record, "coverage_ok": check_coverage(run, traj).ok}
 
     run.root.mkdir(parents=True, exist_ok=True)
-    _stage(run, "boundary", boundary_stage)
-    click.echo(summary[0])
+    record = _stage(run, "boundary", boundary_stage)
+    click.echo(f"wrote {record['frames']} frames to {run.boundary}")
+    _echo_coverage(run.root)
 
 
 @main.command()

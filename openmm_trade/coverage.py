@@ -156,8 +156,8 @@ class Coverage:
         frames = self.frames_needed
         if frames is None:
             return ""
-        bound = ("at least " if any(t.transitions == 0 for t in self.torsions
-                                    if t.name in self.flagged) else "about ")
+        bound = ("at least " if any(t.transitions == 0 and t.crossed_too_rarely(
+            self.min_transitions) for t in self.torsions) else "about ")
         time = (f" ({frames * self.interval_ps / 1000:.3g} ns at {self.interval_ps:g} ps per "
                 "frame)" if self.interval_ps else "")
         return (f"At the crossing rate of these data the slow torsions would cross "

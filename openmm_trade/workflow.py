@@ -276,14 +276,19 @@ def import_boundary(msys, run: RunDirectory, files, stride: int = 1):
 
 
 def check_coverage(run: RunDirectory, traj):
-    """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`), log its summary and
-    return the :class:`~openmm_trade.coverage.Coverage` measured."""
+    """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`), log its summary (and one
+    warning line naming the flagged torsions, so that a run warns right after its MD without
+    printing the summary that the commands print themselves) and return the
+    :class:`~openmm_trade.coverage.Coverage` measured."""
     from .coverage import measure
 
     result = measure(traj)
     write_text_atomic(run.coverage, json.dumps(
         {**result.to_dict(), "summary": result.summary()}, indent=2))
-    (log.info if result.ok else log.warning)("%s", result.summary())
+    log.info("%s", result.summary())
+    if not result.ok:
+        log.warning("boundary coverage flagged (%s); details in %s", ", ".join(result.flagged),
+                    run.coverage)
     return result
 
 
