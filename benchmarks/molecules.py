@@ -56,23 +56,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=10_000, help="samples per temperature")
     parser.add_argument("--n-temperatures", type=int, default=5)
     parser.add_argument("--refine", action="store_true", help="also SMC at T0 and far end")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
+                        help="TemperatureFlow.for_system(whiten=...); --no-whiten: the model "
+                             "before whitening")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--md-only", action="store_true",
+                        help="only run (or finish) the boundary MD of each molecule")
     parser.add_argument("--quick", action="store_true", help="tiny settings (pipeline check)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    args.output = args.output or RESULTS / f"molecules{'_quick' if args.quick else ''}.json"
+    suffix = ("_quick" if args.quick else "") + ("" if args.whiten else "_no_whiten")
+    args.output = args.output or RESULTS / f"molecules{suffix}.json"
     return args
 
 
-def cache(args, name: str) -> Path:
+def cache(args, name: str) -> tuple[Path, Path]:
+    """``(boundary MD file, model folder)`` under ``ot.md.cache_dir()/molecules``; the MD is
+    shared by every model setting."""
     folder = ot.md.cache_dir() / "molecules" / (
-        f"{name}-{args.t0:g}K-{args.frames}x{args.interval_ps:g}ps-steps{args.steps or 'default'}"
-        f"-seed{args.seed}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+        f"{name}-{args.t0:g}K-{args.frames}x{args.interval_ps:g}ps-seed{args.seed}")
+    model_folder = folder / (f"model-steps{args.steps or 'default'}"
+                             + ("" if args.whiten else "-no-whiten"))
+    model_folder.mkdir(parents=True, exist_ok=True)
+    return folder / "boundary.h5", model_folder
+
+
+def boundary_md(name: str, args):
+    """The molecule's boundary MD at ``--t0`` (cached, resumable) and its wall time."""
+    started = time.perf_counter()
+    traj = ot.md.simulate(ot.systems.load(name), args.t0, n_frames=args.frames,
+                          interval_ps=args.interval_ps, seed=args.seed, n_chains=args.chains,
+                          output=cache(args, name)[0], resume=True, quiet=True)
+    return traj, time.perf_counter() - started
 
 
 def ends(wt, traj, msys) -> dict:
@@ -82,13 +100,9 @@ def ends(wt, traj, msys) -> dict:
 
 def molecule(name: str, args) -> dict:
     """One molecule's row (every stage cached under ``ot.md.cache_dir()/molecules``)."""
-    folder = cache(args, name)
+    folder = cache(args, name)[1]
     msys = ot.systems.load(name)
-    started = time.perf_counter()
-    traj = ot.md.simulate(msys, args.t0, n_frames=args.frames, interval_ps=args.interval_ps,
-                          seed=args.seed, n_chains=args.chains, output=folder / "boundary.h5",
-                          resume=True, quiet=True)
-    md_s = time.perf_counter() - started
+    traj, md_s = boundary_md(name, args)
     model_path = folder / "model.pt"
     started = time.perf_counter()
     with ot.OpenMMEnergy(msys) as energy:
@@ -97,7 +111,8 @@ def molecule(name: str, args) -> dict:
             sigma = model.metadata.get("overlap_sigma", float("nan"))
         else:
             model = ot.TemperatureFlow.for_system(msys, traj, temperature_range=tuple(args.range),
-                                                  reference_temperature=args.t0, seed=args.seed)
+                                                  reference_temperature=args.t0, seed=args.seed,
+                                                  whiten=args.whiten)
             kwargs = {} if args.steps is None else {"steps": args.steps}
             history = ot.train(model, energy, traj, args.t0, seed=args.seed, quiet=True,
                                checkpoint=folder / "checkpoint.pt", resume=True, **kwargs)
@@ -160,12 +175,16 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name in args.systems.split(","):
         print(f"[molecules {time.strftime('%H:%M:%S')}] {name}", flush=True)
+        if args.md_only:
+            print(f"  boundary MD: {boundary_md(name.strip(), args)[1]:.0f} s", flush=True)
+            continue
         rows.append(molecule(name.strip(), args))
         write_text_atomic(args.output, json.dumps(
             {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
              "bar": BAR, "rows": rows,
              "command": "OMP_NUM_THREADS=1 python benchmarks/molecules.py"
-                        + (" --quick" if args.quick else "")}, indent=1) + "\n")
+                        + (" --quick" if args.quick else "")
+                        + ("" if args.whiten else " --no-whiten")}, indent=1) + "\n")
     print(markdown(rows))
     return rows
 

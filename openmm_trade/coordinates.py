@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .topology import backbone_torsions, stereocentres
+from .topology import backbone_torsions, ring_bonds, stereocentres
 from .zmatrix import ZMatrix
 
 #: Bond angles are clamped to [ANGLE_EPS, π - ANGLE_EPS] rad in ``forward``.
@@ -164,6 +164,9 @@ class InternalCoordinates(torch.nn.Module):
     chiral_atoms : sequence of int, optional
         Stereocentres; rows placing one of their neighbours by an improper-like torsion
         about them become :attr:`chirality_torsions`.
+    ring_bonds : sequence of (int, int), optional
+        Bonds on a ring; rows placing an atom by a torsion about one of them become
+        :attr:`ring_torsions` (they cannot turn freely).
     reference_positions : array-like (N, 3), optional
         Reference conformation in nm (fallback statistics, reference chirality).
 
@@ -186,6 +189,7 @@ class InternalCoordinates(torch.nn.Module):
         named_torsions: dict[str, Sequence[int]] | None = None,
         chiral_atoms: Sequence[int] = (),
         reference_positions=None,
+        ring_bonds: Sequence[tuple[int, int]] = (),
     ):
         super().__init__()
         if not isinstance(zmatrix, ZMatrix):
@@ -236,6 +240,11 @@ class InternalCoordinates(torch.nn.Module):
         chirality = [self.torsion_offset + k - 3 for k in range(3, n)
                      if rows[k, 1] in chiral and self._is_improper(rows[k])]
         buffer("chirality_torsions", np.asarray(chirality, dtype=np.int64))
+        ring = {(min(a, b), max(a, b)) for a, b in ring_bonds}
+        buffer("ring_torsions", np.asarray(
+            [self.torsion_offset + k - 3 for k in range(3, n)
+             if (min(rows[k, 1], rows[k, 2]), max(rows[k, 1], rows[k, 2])) in ring],
+            dtype=np.int64))
         if reference_positions is None:
             self.register_buffer("reference_positions", None, persistent=False)
         else:
@@ -280,6 +289,7 @@ class InternalCoordinates(torch.nn.Module):
             named_torsions=backbone_torsions(msys.topology),
             chiral_atoms=stereocentres(msys.topology),
             reference_positions=msys.positions,
+            ring_bonds=ring_bonds(msys.topology),
         )
         return ic
 

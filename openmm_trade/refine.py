@@ -14,10 +14,10 @@ by a Metropolis-adjusted kernel (MALA, or HMC with a few leapfrog steps) that le
 weighted samples from anywhere.
 
 Space of the moves. Particles live where the flow lives: for a ``TemperatureFlow`` in its
-internal coordinates ``z`` (free bonds, angles, torsions; constrained bonds are not
-coordinates, so they stay at their lengths), for a ``ConditionalFlow`` on its own vector.
-Densities are taken consistently in ``z``: ``log p_θ(z)`` is the flow's density and
-``log q(z) = -βU(x(z)) + log|det ∂x/∂z|`` (``InternalCoordinates.inverse``), so
+coordinates ``z`` (free bonds, angles, torsions, the non-circular ones whitened; constrained
+bonds are not coordinates, so they stay at their lengths), for a ``ConditionalFlow`` on its
+own vector. Densities are taken consistently in ``z``: ``log p_θ(z)`` is the flow's density
+and ``log q(z) = -βU(x(z)) + log|det ∂x/∂z|`` (``TemperatureFlow.flow_coordinates``), so
 ``log q - log p_θ`` is the ordinary importance log-weight ``-βU(x) - log p_θ(x)``.
 Every π_b is restricted to the flow's support (``log p_θ`` finite): a proposal outside
 an interval or arc domain is rejected, so chirality torsions keep their sign half and
@@ -222,7 +222,7 @@ class _Space:
     def for_model(cls, model, energy, temperature: float, chunk_size: int) -> _Space:
         check_model(model)
         flow = getattr(model, "flow", None)
-        coordinates = getattr(model, "coordinates", None)
+        coordinates = getattr(model, "flow_coordinates", None)
         if flow is None or coordinates is None:
             flow, coordinates = model, None
         domains = getattr(flow, "domains", None)
@@ -249,7 +249,7 @@ class _Space:
         system = getattr(energy, "system", None)
         if system is not None:
             from .coordinates import ANGLE_EPS, InternalCoordinates
-            from .flow.temperature_flow import MIN_BOND
+            from .flow.temperature_flow import MIN_BOND, FlowCoordinates
 
             coordinates = InternalCoordinates.from_system(system)
             with torch.no_grad():
@@ -270,6 +270,7 @@ class _Space:
                 low[k], high[k] = (0.0, math.pi) if positive.all() else (-math.pi, 0.0)
                 periodic[k] = False
             box = (low, high)
+            coordinates = FlowCoordinates(coordinates)
         else:
             domains = getattr(energy, "domains", None)
             if domains is None:
@@ -298,7 +299,7 @@ class _Space:
         if self.coordinates is None:
             return x.reshape(len(x), -1)
         with torch.no_grad():
-            return self.coordinates.forward(x.to(self.coordinates.bond_mask.device))[0].to(
+            return self.coordinates.forward(x.to(self.coordinates.device))[0].to(
                 "cpu", torch.float64)
 
     def to_x(self, z: torch.Tensor) -> torch.Tensor:
@@ -335,8 +336,7 @@ class _Space:
                 if self.coordinates is None:
                     x, log_det = self.to_x(inside), torch.zeros_like(inside[:, 0])
                 else:
-                    device = self.coordinates.bond_mask.device
-                    x, log_det = self.coordinates.inverse(inside.to(device))
+                    x, log_det = self.coordinates.inverse(inside.to(self.coordinates.device))
                 u = self.energy(x).to("cpu", torch.float64)
                 value = -self.beta * u + log_det.to("cpu", torch.float64)
                 ok = torch.isfinite(value.detach())
@@ -672,7 +672,7 @@ def _trajectory(model, space: _Space, z, point: _Point, log_w: np.ndarray, log_z
     n = len(z)
     with torch.no_grad():
         if space.coordinates is not None:
-            z = z.to(space.coordinates.bond_mask.device)
+            z = z.to(space.coordinates.device)
         x = space.to_x(z).detach().cpu().numpy()
     energies = point.energies.numpy().astype(np.float64)
     stored = log_w + log_z + math.log(n)

@@ -1,4 +1,4 @@
-"""Topology facts: peptide backbone torsions (φ, ψ) and stereocentres.
+"""Topology facts: peptide backbone torsions (φ, ψ), stereocentres and ring bonds.
 
 The one place where φ/ψ atoms are found: :func:`backbone_dihedrals` (mdtraj's atom-name
 rules, φ = ``C(i-1)-N-CA-C`` and ψ = ``N-CA-C-N(i+1)`` between consecutive residues of a
@@ -26,7 +26,8 @@ from openmm import app
 
 from .errors import InputError
 
-__all__ = ["backbone_dihedrals", "backbone_torsions", "phi_psi_pairs", "stereocentres"]
+__all__ = ["backbone_dihedrals", "backbone_torsions", "phi_psi_pairs", "ring_bonds",
+           "stereocentres"]
 
 
 def _as_mdtraj(topology) -> mdtraj.Topology:
@@ -112,6 +113,36 @@ def _atom_graph(topology):
         neighbours[a.index].add(b.index)
         neighbours[b.index].add(a.index)
     return neighbours
+
+
+def ring_bonds(topology) -> list[tuple[int, int]]:
+    """Bonds ``(i, j)``, ``i < j``, that lie on a ring: their atoms stay connected without
+    them. A torsion about such a bond cannot turn freely.
+
+    >>> import openmm_trade as ot
+    >>> ring_bonds(ot.systems.load("alanine-dipeptide-vacuum").topology)
+    []
+    >>> len(ring_bonds(ot.systems.load("ace-pro-nme-implicit").topology))  # the pyrrolidine
+    5
+    """
+    neighbours = _atom_graph(topology.to_openmm() if isinstance(topology, mdtraj.Topology)
+                             else topology)
+
+    def connected_without(a: int, b: int) -> bool:
+        seen, stack = {a}, [a]
+        while stack:
+            atom = stack.pop()
+            for other in neighbours[atom] - seen:
+                if atom == a and other == b:
+                    continue
+                if other == b:
+                    return True
+                seen.add(other)
+                stack.append(other)
+        return False
+
+    pairs = {(min(a, b), max(a, b)) for a in neighbours for b in neighbours[a]}
+    return sorted(pair for pair in pairs if connected_without(*pair))
 
 
 def stereocentres(topology) -> list[int]:

@@ -3,6 +3,7 @@
 ``p_θ(x | T)`` on Cartesian conformations ``x`` ``(B, N, 3)`` in nm, composed of
 
     Cartesian x ──InternalCoordinates──► z = (bonds | angles | torsions)
+                ──Whitening────────────► y (stiff coordinates decorrelated)
                 ──ConditionalFlow(T)───► prior (truncated normal × torus)
 
 ``log_prob(x, T) = flow.log_prob(z, T) + log|det ∂z/∂x|`` with the internal-coordinate
@@ -17,7 +18,11 @@ data): bonds and angles are bounded coordinates on the data's ``[min, max]`` wid
 ``margin`` times the data range on each side (clamped to bonds > 0, angles in (0, π));
 torsions are circular, except the chirality torsions (improper-like torsions at
 stereocentres), which are bounded coordinates on the sign half of the data, so samples
-keep the boundary data's handedness.
+keep the boundary data's handedness. With ``whiten=True`` (the default) every coordinate
+that is not a circular torsion (bonds, angles, stiff and chirality torsions) passes
+through a :class:`~.Whitening` estimated on the boundary data, so the flow starts from
+their joint Gaussian, ring-closure correlations included, and its domains are those of
+the whitened data (``docs/TUNING.md`` has the measurements).
 
 Coupling pattern (per block, repeated ``n_blocks`` times, the torsion split alternating
 between even/odd and first/second half): torsions_a | torsions_b, torsions_b | torsions_a,
@@ -58,6 +63,7 @@ from ..system import MolecularSystem
 from .architecture import FlowArchitecture
 from .conditional import ConditionalFlow, alternating_layers
 from .domain import Domain
+from .whitening import Whitening
 
 _FORMAT = "openmm_trade.TemperatureFlow"
 _VERSION = 1
@@ -115,12 +121,13 @@ def data_domains(coordinates: InternalCoordinates, boundary, margin: float = 0.5
     ``circular``, except (``restrict_torsions``) stiff ones, whose data spread less than
     :data:`STIFF_TORSION_STD` (20°; on alanine dipeptide at 300 and 600 K: peptide bonds
     ω, amide hydrogens, carbonyl oxygens and the hydrogens of a methyl group relative to
-    each other spread 6-16°, φ and ψ 32-59°, methyl rotations ~100°). They become ``arc``
-    domains around the data (widened by ``margin``), so the model keeps the isomer the MD
-    was in (trans peptide bonds stay trans) as the MD itself does: without this the flow
-    leaks a little density into the cis isomer, which the force field scores as
-    low-energy, and a handful of such samples take all the importance weight
-    (``docs/TUNING.md``).
+    each other spread 6-16°, φ and ψ 32-59°, methyl rotations ~100°), and torsions about a
+    ring bond (:attr:`~.InternalCoordinates.ring_torsions`: a ring cannot turn; a
+    proline's pucker spreads them 25-30°). They become ``arc`` domains around the data
+    (widened by ``margin``), so the model keeps the isomer the MD was in (trans peptide
+    bonds stay trans) as the MD itself does: without this the flow leaks a little density
+    into the cis isomer, which the force field scores as low-energy, and a handful of such
+    samples take all the importance weight (``docs/TUNING.md``).
 
     Raises
     ------
@@ -139,6 +146,7 @@ def data_domains(coordinates: InternalCoordinates, boundary, margin: float = 0.5
     with torch.no_grad():
         z = coordinates.forward(torch.as_tensor(xyz, device=device))[0].cpu().numpy()
     chiral = set(coordinates.chirality_torsions.tolist())
+    ring = set(coordinates.ring_torsions.tolist())
     bond_mask, angle_mask = coordinates.bond_mask.cpu(), coordinates.angle_mask.cpu()
     domains = []
     for k in range(coordinates.n_dof):
@@ -159,10 +167,74 @@ def data_domains(coordinates: InternalCoordinates, boundary, margin: float = 0.5
             domains.append(Domain.from_data(values, margin, bounds, "interval"))
         else:
             arc = Domain.arc_from_data(values, margin) if restrict_torsions else None
-            stiff = (arc is not None and arc.scale < STIFF_TORSION_STD
+            stiff = (arc is not None and (arc.scale < STIFF_TORSION_STD or k in ring)
                      and arc.width < 1.8 * math.pi)
             domains.append(arc if stiff else Domain.circular())
     return domains
+
+
+def whitening_for(coordinates: InternalCoordinates, boundary, domains: list[Domain],
+                  margin: float = 0.5) -> tuple[Whitening | None, list[Domain]]:
+    """The :class:`~.Whitening` of every non-circular coordinate of ``z`` estimated on
+    ``boundary``, and ``domains`` with those coordinates' domains replaced by windows on the
+    whitened data (``margin`` as in :func:`data_domains`). ``(None, domains)`` when the
+    boundary has too few frames (see :data:`~.whitening.MIN_FRAMES_PER_COORDINATE`).
+
+    >>> import openmm_trade as ot
+    >>> msys = ot.systems.load("alanine-dipeptide-vacuum")
+    >>> ic = InternalCoordinates.from_system(msys)
+    >>> frames = msys.positions[None].repeat(2, 0)
+    >>> whitening_for(ic, frames, data_domains(ic, frames))[0] is None  # 2 frames: too few
+    True
+    """
+    index = [k for k, d in enumerate(domains) if not d.is_circular]
+    xyz = torch.as_tensor(_as_xyz(boundary, coordinates.n_atoms),
+                          device=coordinates.bond_mask.device)
+    with torch.no_grad():
+        z = coordinates.forward(xyz)[0]
+        whitening = Whitening.from_data(
+            z, index, periodic=[domains[k].kind == "arc" for k in index],
+            centres=[0.5 * (domains[k].low + domains[k].high) for k in index])
+        if whitening is None:
+            return None, domains
+        y = whitening.forward(z)[0].cpu().numpy()
+    whitened = list(domains)
+    for k in index:
+        whitened[k] = Domain.from_data(y[:, k], margin, kind="real")
+    return whitening, whitened
+
+
+class FlowCoordinates(nn.Module):
+    """The map from Cartesian conformations to the flow's coordinates ``y``: internal
+    coordinates, then the optional :class:`~.Whitening`.
+
+    ``forward(x) -> (y, log|det ∂y/∂x|)`` and ``inverse(y) -> (x, log|det ∂x/∂y|)``, with
+    the internal-coordinate convention of :mod:`openmm_trade.coordinates`.
+    """
+
+    def __init__(self, internal: InternalCoordinates, whitening: Whitening | None = None):
+        super().__init__()
+        self.internal = internal
+        self.whitening = whitening
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the coordinate buffers."""
+        return self.internal.bond_mask.device
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, log_det = self.internal.forward(x)
+        if self.whitening is None:
+            return z, log_det
+        y, whitening_log_det = self.whitening.forward(z)
+        return y, log_det + whitening_log_det
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros_like(y[:, 0])
+        if self.whitening is not None:
+            y, log_det = self.whitening.inverse(y)
+        x, internal_log_det = self.internal.inverse(y)
+        return x, log_det + internal_log_det
 
 
 class TemperatureFlow(nn.Module):
@@ -178,6 +250,8 @@ class TemperatureFlow(nn.Module):
         Flow over the internal coordinates ``z`` (``event_shape == (n_dof,)``).
     coordinates : InternalCoordinates, optional
         Default ``InternalCoordinates.from_system(system)``.
+    whitening : Whitening, optional
+        Decorrelation of internal coordinates before the flow (see :func:`whitening_for`).
 
     Attributes
     ----------
@@ -198,7 +272,8 @@ class TemperatureFlow(nn.Module):
     """
 
     def __init__(self, system: MolecularSystem, flow: ConditionalFlow,
-                 coordinates: InternalCoordinates | None = None):
+                 coordinates: InternalCoordinates | None = None,
+                 whitening: Whitening | None = None):
         super().__init__()
         if not isinstance(system, MolecularSystem):
             raise InputError(f"system must be a MolecularSystem, got {type(system).__name__}")
@@ -214,6 +289,10 @@ class TemperatureFlow(nn.Module):
         #: σ on held-out boundary frames here, see :func:`openmm_trade.training.train`)
         self.metadata: dict = {}
         self.coordinates = coordinates.to(device=flow.device)
+        #: Cartesian conformations <-> the flow's coordinates (internal, then whitened)
+        self.flow_coordinates = FlowCoordinates(
+            self.coordinates,
+            None if whitening is None else whitening.to(device=flow.device, dtype=flow.dtype))
         self.event_shape = (system.n_atoms, 3)
 
     # ------------------------------------------------------------------ construction
@@ -227,6 +306,7 @@ class TemperatureFlow(nn.Module):
         boundary_temperature: float | None = None,
         margin: float = 0.5,
         restrict_torsions: bool = True,
+        whiten: bool = True,
         architecture: FlowArchitecture | dict | None = None,
         *,
         seed: int = 0,
@@ -256,6 +336,9 @@ class TemperatureFlow(nn.Module):
             Keep stiff torsions (peptide bonds, ...) on an arc around the data, i.e. in the
             boundary's isomer (see :func:`data_domains`); ``False``: every non-chiral
             torsion is circular.
+        whiten : bool
+            Decorrelate the non-circular coordinates on the boundary data before the flow
+            (:func:`whitening_for`); skipped with fewer than 5 frames per coordinate.
         architecture : FlowArchitecture or dict, optional
             Width, depth, spline bins and latent prior; default :class:`~.FlowArchitecture`
             (its docstring gives the measurements behind the defaults).
@@ -283,6 +366,9 @@ class TemperatureFlow(nn.Module):
         architecture = FlowArchitecture.resolve(architecture, overrides)
         coordinates = InternalCoordinates.from_system(msys)
         domains = data_domains(coordinates, boundary, margin, restrict_torsions)
+        whitening = None
+        if whiten:
+            whitening, domains = whitening_for(coordinates, boundary, domains, margin)
         if reference_temperature is None:
             reference_temperature = (boundary_temperature if boundary_temperature is not None
                                      else temperature_range[0])
@@ -291,7 +377,7 @@ class TemperatureFlow(nn.Module):
             architecture, layers=coupling_pattern(coordinates), seed=seed, device=device,
             dtype=dtype,
         )
-        return cls(msys, flow, coordinates)
+        return cls(msys, flow, coordinates, whitening)
 
     # ------------------------------------------------------------------ protocol facts
     @property
@@ -330,16 +416,16 @@ class TemperatureFlow(nn.Module):
         Includes the internal-coordinate log-determinant; ``-inf`` outside the model's
         support (a bond or angle beyond its interval, a flipped chirality).
         """
-        z, log_det = self.coordinates.forward(self._check_x(x))
-        return self.flow.log_prob(z, temperature) + log_det
+        y, log_det = self.flow_coordinates.forward(self._check_x(x))
+        return self.flow.log_prob(y, temperature) + log_det
 
     def sample(self, n: int, temperature, generator: torch.Generator | None = None):
         """``n`` conformations ``(n, N, 3)`` nm at ``temperature`` and their log-densities.
 
         Differentiable with respect to parameters and to ``temperature`` (a tensor).
         """
-        z, log_p = self.flow.sample(n, temperature, generator)
-        x, log_det = self.coordinates.inverse(z)
+        y, log_p = self.flow.sample(n, temperature, generator)
+        x, log_det = self.flow_coordinates.inverse(y)
         return x, log_p - log_det
 
     # ------------------------------------------------------------------ persistence
@@ -367,6 +453,9 @@ class TemperatureFlow(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
             "metadata": dict(self.metadata),
         }
+        whitening = self.flow_coordinates.whitening
+        if whitening is not None:
+            payload["whitening"] = whitening.to_dict()
         with atomic_write_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -414,6 +503,8 @@ class TemperatureFlow(nn.Module):
         except RuntimeError as error:
             raise CheckpointError(f"model file {path}: expected weights that fit its "
                                   f"architecture, found: {one_line(error)}") from None
-        model = cls(msys, flow, coordinates)
+        whitening = payload.get("whitening")
+        model = cls(msys, flow, coordinates,
+                    None if whitening is None else Whitening.from_dict(whitening))
         model.metadata = dict(payload.get("metadata", {}))
         return model
