@@ -361,3 +361,37 @@ def test_statistics_from_data_and_fallback(cases):
     assert (fallback.std > 0).all() and (fallback.min <= fallback.mean).all()
     assert (fallback.min[ic.bond_mask] > 0).all()
     assert (fallback.min[ic.angle_mask] > 0).all() and (fallback.max[ic.angle_mask] < math.pi).all()
+
+
+@pytest.mark.parametrize("name, ring_atoms", [
+    ("ace-phe-nme-implicit", {"CG", "CD1", "CD2", "CE1", "CE2", "CZ"}),
+    ("ace-pro-nme-implicit", {"N", "CA", "CB", "CG", "CD"}),
+])
+def test_ring_bonds_and_ring_torsions_are_those_of_the_side_chain_ring(name, ring_atoms):
+    from openmm_trade.flow import data_domains
+    from openmm_trade.topology import ring_bonds
+
+    msys = ot.systems.load(name)
+    atoms = list(msys.topology.atoms())
+    bonds = ring_bonds(msys.topology)
+    assert len(bonds) == len(ring_atoms)  # a single ring: as many bonds as atoms
+    assert all({atoms[i].name, atoms[j].name} <= ring_atoms for i, j in bonds)
+    ic = InternalCoordinates.from_system(msys)
+    rows = ic.zmatrix.rows
+    ring = ic.ring_torsions.tolist()
+    assert ring and all(
+        {atoms[rows[k - ic.torsion_offset + 3, c]].name for c in (1, 2)} <= ring_atoms
+        for k in ring)
+    # a torsion about a ring bond is never free, however far the data spread it: every
+    # torsion spread by 25° (beyond the 20° stiffness threshold); the others become free
+    frames = torch.as_tensor(short_md_frames(msys, n_frames=20, seed=3)).repeat(10, 1, 1)
+    z = ic.forward(frames)[0]
+    spread = ic.torsion_mask.clone()
+    spread[ic.chirality_torsions] = False  # their sign is the molecule's handedness
+    g = torch.Generator().manual_seed(0)
+    z[:, spread] += math.radians(25.0) * torch.randn(len(z), int(spread.sum()), generator=g,
+                                                     dtype=z.dtype)
+    domains = data_domains(ic, ic.inverse(z)[0])
+    assert not any(domains[k].is_circular for k in ring)
+    others = set(torch.nonzero(spread).flatten().tolist()) - set(ring)
+    assert all(domains[k].is_circular for k in others)
