@@ -98,27 +98,33 @@ def ends(wt, traj, msys) -> dict:
             "clash_fraction": metrics.clash_fraction(wt.samples, msys, traj)}
 
 
+def trained_model(msys, energy, traj, folder: Path, args) -> tuple:
+    """``(model, held-out overlap σ, wall s)``: the default flow trained on ``traj``, or the
+    one saved in ``folder`` by an earlier run (training itself is checkpointed)."""
+    model_path = folder / "model.pt"
+    started = time.perf_counter()
+    if model_path.exists():
+        model = ot.TemperatureFlow.load(model_path, msys)
+        sigma = model.metadata.get("overlap_sigma", float("nan"))
+    else:
+        model = ot.TemperatureFlow.for_system(msys, traj, temperature_range=tuple(args.range),
+                                              reference_temperature=args.t0, seed=args.seed,
+                                              whiten=args.whiten)
+        kwargs = {} if args.steps is None else {"steps": args.steps}
+        history = ot.train(model, energy, traj, args.t0, seed=args.seed, quiet=True,
+                           checkpoint=folder / "checkpoint.pt", resume=True, **kwargs)
+        sigma = history.overlap_sigma
+        model.save(model_path)
+    return model, sigma, time.perf_counter() - started
+
+
 def molecule(name: str, args) -> dict:
     """One molecule's row (every stage cached under ``ot.md.cache_dir()/molecules``)."""
     folder = cache(args, name)[1]
     msys = ot.systems.load(name)
     traj, md_s = boundary_md(name, args)
-    model_path = folder / "model.pt"
-    started = time.perf_counter()
     with ot.OpenMMEnergy(msys) as energy:
-        if model_path.exists():
-            model = ot.TemperatureFlow.load(model_path, msys)
-            sigma = model.metadata.get("overlap_sigma", float("nan"))
-        else:
-            model = ot.TemperatureFlow.for_system(msys, traj, temperature_range=tuple(args.range),
-                                                  reference_temperature=args.t0, seed=args.seed,
-                                                  whiten=args.whiten)
-            kwargs = {} if args.steps is None else {"steps": args.steps}
-            history = ot.train(model, energy, traj, args.t0, seed=args.seed, quiet=True,
-                               checkpoint=folder / "checkpoint.pt", resume=True, **kwargs)
-            sigma = history.overlap_sigma
-            model.save(model_path)
-        train_s = time.perf_counter() - started
+        model, sigma, train_s = trained_model(msys, energy, traj, folder, args)
         temperatures = np.geomspace(args.range[0], args.range[1], args.n_temperatures)
         started = time.perf_counter()
         wts = [ot.sample(model, energy, temperature=float(t), n=args.n, seed=args.seed + k,

@@ -63,8 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def run_parallel_tempering(args: argparse.Namespace) -> ot.md.ParallelTemperingResult:
+    """The parallel tempering these ``args`` describe (reloaded from the cache when it has
+    run; extended or resumed otherwise)."""
     msys = ot.systems.load(args.system)
     temperatures = np.geomspace(args.t_min, args.t_max, args.n_temperatures)
     timestep = args.timestep_ps or (0.002 if msys.constraint_lengths.size else 0.001)
@@ -75,14 +76,19 @@ def main(argv=None) -> dict:
         iterations = args.iterations
     else:
         iterations = max(1, round(args.ns_per_replica * 1000 / (steps * timestep)))
-    output = args.output or RESULTS / (
-        "reference_summary_quick.json" if args.quick else "reference_summary.json")
-
-    pt = ot.md.parallel_tempering(
+    return ot.md.parallel_tempering(
         msys, temperatures, n_iterations=iterations, steps_per_iteration=steps,
         storage=args.storage, timestep_ps=timestep, seed=args.seed, platform=args.platform,
         quiet=args.quiet,
     )
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    output = args.output or RESULTS / (
+        "reference_summary_quick.json" if args.quick else "reference_summary.json")
+    pt = run_parallel_tempering(args)
+    temperatures = pt.temperatures
     table = mbar_reference(pt)
     summary = {
         "system": args.system,

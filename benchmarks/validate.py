@@ -101,7 +101,14 @@ def angular_inefficiency(phi_psi) -> float:
 
 def state_population(phi_psi, state=STATE) -> tuple[float, float, float]:
     """Population of ``state`` in correlated MD frames: (p, error, g of the indicator)."""
-    mask = ot.free_energy.state_mask(state, ot.cv.RAMACHANDRAN_STATES[state], phi_psi)
+    return md_fraction(ot.free_energy.state_mask(state, ot.cv.RAMACHANDRAN_STATES[state],
+                                                 phi_psi))
+
+
+def md_fraction(mask) -> tuple[float, float, float]:
+    """Fraction of correlated MD frames where ``mask`` holds: (p, error from the statistical
+    inefficiency g of the indicator, g)."""
+    mask = np.asarray(mask, dtype=bool)
     p = float(mask.mean())
     g = statistical_inefficiency(mask.astype(float))
     return p, float(np.sqrt(max(p * (1 - p), 1.0 / len(mask) ** 2) * g / len(mask))), g
