@@ -100,10 +100,10 @@ def _bar_updater(bar, interval_ps: float):
     return update
 
 
-def _run_chain(msys: MolecularSystem, core: int = 0, **options
+def _run_chain(msys: MolecularSystem, core: int | None = None, **options
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chain of :func:`simulate` on one CPU core (:func:`one_core`): ``(xyz, times,
-    energies)``; ``options`` as :func:`_simulate_chain` takes them."""
+    """One chain of :func:`simulate` on one CPU core (:func:`one_core`; ``None``: the idlest):
+    ``(xyz, times, energies)``; ``options`` as :func:`_simulate_chain` takes them."""
     with one_core(core):
         return _simulate_chain(msys, **options)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -61,25 +64,91 @@ def _platform_properties(name: str) -> dict[str, str]:
     return {"Threads": "1"} if name == "CPU" else {}
 
 
+#: Seconds over which :func:`cores_by_idleness` watches the cores.
+IDLENESS_WINDOW_S = 0.1
+
+
+def _cpu_busy_ticks(stat_text: str) -> dict[int, int]:
+    """Busy clock ticks per core (everything but idle and iowait) from ``/proc/stat`` text.
+
+    >>> _cpu_busy_ticks(f"cpu  9 0 9 9 0{chr(10)}cpu0 5 0 1 100 3{chr(10)}cpu1 1 0 0 90 0 0")
+    {0: 6, 1: 1}
+    """
+    busy = {}
+    for line in stat_text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(f) for f in fields]
+            busy[int(name[3:])] = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    return busy
+
+
+def order_by_idleness(cores, busy_before: dict[int, int], busy_after: dict[int, int]
+                      ) -> list[int]:
+    """``cores`` sorted by the busy ticks each gained between two readings, idlest first
+    (ties, and cores missing from a reading, keep their order).
+
+    >>> order_by_idleness([0, 1, 2], {0: 0, 1: 0, 2: 0}, {0: 9, 1: 0, 2: 4})
+    [1, 2, 0]
+    """
+    cores = list(cores)
+
+    def gained(core: int) -> float:
+        if core in busy_before and core in busy_after:
+            return busy_after[core] - busy_before[core]
+        return math.inf
+
+    return sorted(cores, key=lambda core: (gained(core), cores.index(core)))
+
+
+def cores_by_idleness(window_s: float = IDLENESS_WINDOW_S) -> list[int]:
+    """The cores this process may use, idlest first over the next ``window_s`` seconds.
+
+    Read from ``/proc/stat`` (Linux); elsewhere, or when it cannot be read, the cores in
+    their own order. MD pins each chain to one of these (:func:`one_core`), so that a
+    second job on the same machine takes the core the first one leaves free instead of
+    sharing it.
+
+    >>> cores = cores_by_idleness(0.0)
+    >>> len(cores) == len(set(cores)) >= 1
+    True
+    """
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    if len(allowed) < 2:
+        return allowed
+    try:
+        before = _cpu_busy_ticks(Path("/proc/stat").read_text())
+        time.sleep(window_s)
+        after = _cpu_busy_ticks(Path("/proc/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return allowed
+    return order_by_idleness(allowed, before, after)
+
+
 @contextlib.contextmanager
-def one_core(index: int = 0):
+def one_core(core: int | None = None):
     """Keep the calling thread, and the OpenMM threads it starts, on one CPU core.
 
     On the CPU platform a Context hands every step to a worker thread and waits for it; on
     virtual machines a wake-up across cores is slow, so an MD run whose threads sit on
     different cores spends most of its time waiting (measured: 1,040 steps/s unpinned,
-    6,380 pinned, implicit alanine dipeptide on a 2-core VM). ``index`` picks the core
-    among those this process may use (modulo their number), so parallel chains get
-    different cores. Linux only; elsewhere nothing changes.
+    6,380 pinned, implicit alanine dipeptide on a 2-core VM). ``core`` is a core number
+    (one this process may not use is taken modulo the allowed ones); ``None`` takes the
+    idlest core now (:func:`cores_by_idleness`), so that two jobs started one after the
+    other do not share one core. Linux only; elsewhere nothing changes.
 
-    >>> with one_core(0):
+    >>> with one_core():
     ...     pass
     """
     if not hasattr(os, "sched_setaffinity"):
         yield
         return
     allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {allowed[index % len(allowed)]})  # 0: the calling thread
+    if core is None:
+        core = cores_by_idleness()[0]
+    elif core not in allowed:
+        core = allowed[core % len(allowed)]
+    os.sched_setaffinity(0, {core})  # 0: the calling thread
     try:
         yield
     finally:

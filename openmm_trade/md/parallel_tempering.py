@@ -255,8 +255,8 @@ def parallel_tempering(
 
     # All replicas run in this one process; on the CPU platform that is fastest on one core
     # (10 iterations x 8 replicas x 500 steps, implicit alanine dipeptide, 2-core VM: 52-65 s
-    # free, 7-8 s pinned; see engine.one_core).
-    pin = one_core(0) if openmm_platform.getName() == "CPU" else contextlib.nullcontext()
+    # free, 7-8 s pinned; see engine.one_core), the idlest one.
+    pin = one_core() if openmm_platform.getName() == "CPU" else contextlib.nullcontext()
     with _quiet_openmmtools(quiet), pin:
         return _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoint,
                                        timestep_ps, friction_per_ps, seed, platform,

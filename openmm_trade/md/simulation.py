@@ -32,6 +32,7 @@ from .engine import (
     _platform,
     _progress,
     _steps_per,
+    cores_by_idleness,
     default_timestep_ps,
 )
 from .trajectory import CHAIN_ATTRIBUTE, _write_frames, attach_energies, potential_energies
@@ -253,9 +254,10 @@ def simulate(
                         f"n_chains={n_chains}"
                     )
                 folder.mkdir(exist_ok=True)
+            cores = cores_by_idleness()  # chain c on the c-th idlest core
             jobs = [
                 {**run, "n_frames": size, "seed": _chain_seed(seed, c), "resume": resume,
-                 "core": c,
+                 "core": cores[c % len(cores)],
                  "output": None if folder is None else _chain_path(folder, c)}
                 for c, size in enumerate(_chain_sizes(n_frames, n_chains))
             ]
