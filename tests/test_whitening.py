@@ -116,3 +116,18 @@ def test_refinement_moves_in_whitened_coordinates(whitened, vacuum):
     # refined samples keep the chirality and bond lengths of the molecule
     z = model.coordinates.forward(torch.as_tensor(wt.samples, dtype=torch.float64))[0]
     assert torch.all(z[:, model.coordinates.bond_mask] > 0.05)
+
+
+def test_refinement_of_a_default_float32_model(whitened, vacuum):
+    """The SMC moves run in float64 on a model of the default dtype (float32): the whitening
+    must follow its input's dtype (it raised a dtype error on every whitened model)."""
+    from test_flow_conditional import randomize
+
+    _, frames = whitened
+    model = randomize(TemperatureFlow.for_system(vacuum, frames, (300.0, 600.0), hidden=16,
+                                                 n_blocks=1, seed=0), scale=0.1, seed=1)
+    assert model.flow_coordinates.whitening.cholesky.dtype == torch.float32
+    with ot.OpenMMEnergy(vacuum) as energy:
+        wt = ot.sample(model, energy, temperature=400.0, n=64, seed=3, quiet=True,
+                       refine=True)
+    assert wt.n_failed < 64 and np.isfinite(wt.ess) and 0 < wt.ess

@@ -163,20 +163,27 @@ class Whitening(nn.Module):
     def _constant(self, z: torch.Tensor, sign: float) -> torch.Tensor:
         return torch.full(z.shape[:1], sign * self.log_det, dtype=z.dtype, device=z.device)
 
+    def _affine(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(mean, std, cholesky)`` in the dtype of ``like`` (the SMC moves work in float64
+        on a float32 model)."""
+        return tuple(t.to(like.dtype) for t in (self.mean, self.std, self.cholesky))
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Internal coordinates ``(B, D)`` -> flow coordinates and ``log|det|`` ``(B,)``."""
+        mean, std, cholesky = self._affine(z)
         values = z[:, self.index]
-        unwrapped = self.mean + _wrap(values - self.mean)
+        unwrapped = mean + _wrap(values - mean)
         values = torch.where(self.periodic, unwrapped, values)
-        u = (values - self.mean) / self.std
-        y = torch.linalg.solve_triangular(self.cholesky, u.T, upper=False).T
+        u = (values - mean) / std
+        y = torch.linalg.solve_triangular(cholesky, u.T, upper=False).T
         out = z.clone()
         out[:, self.index] = y
         return out, self._constant(z, 1.0)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow coordinates ``(B, D)`` -> internal coordinates and ``log|det|`` ``(B,)``."""
-        values = (y[:, self.index] @ self.cholesky.T) * self.std + self.mean
+        mean, std, cholesky = self._affine(y)
+        values = (y[:, self.index] @ cholesky.T) * std + mean
         values = torch.where(self.periodic, _wrap(values), values)
         out = y.clone()
         out[:, self.index] = values
