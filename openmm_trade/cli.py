@@ -263,7 +263,7 @@ def md(system_name, pdb, forcefield, temperature, n_frames, interval_ps, equilib
             msys, run, temperature=temperature, n_frames=n_frames, interval_ps=interval_ps,
             equilibration_ps=equilibration_ps, n_chains=n_chains, seed=_seed(seed),
             resume=resume, quiet=_quiet(quiet))
-        return {**record, "coverage_ok": check_coverage(run, traj).ok}
+        return {**record, "coverage_ok": check_coverage(run, traj, msys.n_dof).ok}
 
     run.root.mkdir(parents=True, exist_ok=True)
     record = _stage(run, "boundary", boundary_stage)

@@ -51,6 +51,9 @@ __all__ = ["Coverage", "TorsionCoverage", "count_transitions", "find_basins",
 
 #: Bins of the circular histogram (10° each).
 _BINS = 36
+#: Boundary frames per degree of freedom below which the fit at T0 is data-limited: the
+#: held-out σ of the development set rose from 1.8 to 2.25 below it (docs/TUNING.md).
+FRAMES_PER_DOF = 125
 #: A peak must hold at least this fraction of the frames (per bin, after smoothing).
 _MIN_PEAK = 0.002
 #: ... and at least this many frames (smoothed: [1, 2, 1] / 4 over neighbouring bins).
@@ -134,6 +137,9 @@ class Coverage:
         Threshold of the flag.
     interval_ps : float or None
         Time between frames when the trajectory records it (to state the MD needed in ns).
+    n_dof : int or None
+        Degrees of freedom of the molecule, when known: fewer than :data:`FRAMES_PER_DOF`
+        frames per degree of freedom add a note (:attr:`fit_frames_needed`).
     """
 
     torsions: tuple[TorsionCoverage, ...]
@@ -141,6 +147,25 @@ class Coverage:
     n_chains: int
     min_transitions: int
     interval_ps: float | None = None
+    n_dof: int | None = None
+
+    @property
+    def fit_frames_needed(self) -> int | None:
+        """``FRAMES_PER_DOF × n_dof`` when these data have fewer frames than that (the fit at
+        T0 is then likely limited by the data), else ``None``.
+
+        >>> Coverage((), 6000, 2, 10, 0.5, n_dof=98).fit_frames_needed
+        12250
+        >>> Coverage((), 6000, 2, 10, 0.5, n_dof=48).fit_frames_needed is None
+        True
+        """
+        if self.n_dof is None or self.n_frames >= FRAMES_PER_DOF * self.n_dof:
+            return None
+        return FRAMES_PER_DOF * self.n_dof
+
+    def _ns(self, frames: int) -> str:
+        return (f" ({frames * self.interval_ps / 1000:.3g} ns at {self.interval_ps:g} ps per "
+                "frame)" if self.interval_ps else "")
 
     @property
     def frames_needed(self) -> int | None:
@@ -158,11 +183,18 @@ class Coverage:
             return ""
         bound = ("at least " if any(t.transitions == 0 and t.crossed_too_rarely(
             self.min_transitions) for t in self.torsions) else "about ")
-        time = (f" ({frames * self.interval_ps / 1000:.3g} ns at {self.interval_ps:g} ps per "
-                "frame)" if self.interval_ps else "")
         return (f"At the crossing rate of these data the slow torsions would cross "
-                f"{self.min_transitions} times in {bound}{frames} frames{time} of MD at this "
-                "temperature.")
+                f"{self.min_transitions} times in {bound}{frames} frames{self._ns(frames)} of "
+                "MD at this temperature.")
+
+    def fit_line(self) -> str:
+        """The frames a fit of this molecule needs, in words ("" when there are enough)."""
+        frames = self.fit_frames_needed
+        if frames is None:
+            return ""
+        return (f"NOTE: {self.n_frames} frames for {self.n_dof} degrees of freedom: the fit at "
+                f"T0 is likely limited by the data; {FRAMES_PER_DOF} per degree of freedom, "
+                f"{frames} frames{self._ns(frames)}, would suffice.")
 
     @property
     def flagged(self) -> list[str]:
@@ -180,7 +212,8 @@ class Coverage:
         return {"torsions": torsions, "n_frames": self.n_frames, "n_chains": self.n_chains,
                 "min_transitions": self.min_transitions, "interval_ps": self.interval_ps,
                 "flagged": self.flagged, "ok": self.ok, "frames_needed": self.frames_needed,
-                "needed": self.needed_line()}
+                "needed": self.needed_line(), "n_dof": self.n_dof,
+                "fit_frames_needed": self.fit_frames_needed, "fit": self.fit_line()}
 
     def summary(self) -> str:
         """Human-readable lines, ending with the flag when raised."""
@@ -198,6 +231,8 @@ class Coverage:
                 "temperature (the top of the range)."
             )
             lines.append(f"  {self.needed_line()}")
+        if self.fit_frames_needed is not None:
+            lines.append(f"  {self.fit_line()}")
         return "\n".join(lines)
 
 
@@ -347,7 +382,8 @@ def _slow_torsions(traj: mdtraj.Trajectory, n_torsions: int) -> list[tuple[str, 
 
 
 def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
-            min_transitions: int = 10, margin_deg: float = 15.0) -> Coverage:
+            min_transitions: int = 10, margin_deg: float = 15.0,
+            n_dof: int | None = None) -> Coverage:
     """Basin transitions and statistical inefficiency of the slow torsions of ``traj``.
 
     Parameters
@@ -363,6 +399,9 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
         A torsion with fewer transitions is flagged.
     margin_deg : float, default 15.0
         Half-width of the no-man's-land around each basin border (hysteresis).
+    n_dof : int, optional
+        The molecule's degrees of freedom (:attr:`MolecularSystem.n_dof`), to check the
+        frames per degree of freedom (:attr:`Coverage.fit_frames_needed`).
 
     Returns
     -------
@@ -401,7 +440,8 @@ def measure(traj: mdtraj.Trajectory, chains=None, n_torsions: int = 2,
             tuple(round(float(np.rad2deg(b)), 1) for b in borders), count, g,
             largest_gap_deg(angles)))
     return Coverage(tuple(torsions), int(traj.n_frames), int(np.unique(chains).size),
-                    int(min_transitions), _interval_ps(traj))
+                    int(min_transitions), _interval_ps(traj),
+                    None if n_dof is None else int(n_dof))
 
 
 def _interval_ps(traj: mdtraj.Trajectory) -> float | None:

@@ -289,6 +289,16 @@ class MolecularSystem:
         return self.system.getNumParticles()
 
     @property
+    def n_dof(self) -> int:
+        """Degrees of freedom of the internal coordinates: ``3N - 6`` minus the constraints.
+
+        >>> import openmm_trade as ot
+        >>> ot.systems.load("alanine-dipeptide-vacuum").n_dof  # 22 atoms, 12 X-H constraints
+        48
+        """
+        return 3 * self.n_atoms - 6 - int(self.constraint_lengths.size)
+
+    @property
     def bonds(self) -> list[tuple[int, int]]:
         """Bonded atom pairs ``(i, j)``, ``i < j``, from the topology."""
         return sorted(

@@ -153,7 +153,7 @@ class RunWorkflow:
         else:
             traj, record = import_boundary(self.msys, self.run, spec["files"],
                                            stride=spec["stride"])
-        return {**record, "coverage_ok": check_coverage(self.run, traj).ok}
+        return {**record, "coverage_ok": check_coverage(self.run, traj, self.msys.n_dof).ok}
 
     def _stage_training(self) -> dict:
         from . import md
@@ -275,14 +275,15 @@ def import_boundary(msys, run: RunDirectory, files, stride: int = 1):
     return traj, {"frames": traj.n_frames, "energy_evaluations": 0}
 
 
-def check_coverage(run: RunDirectory, traj):
+def check_coverage(run: RunDirectory, traj, n_dof: int | None = None):
     """Write ``coverage.json`` (see :mod:`openmm_trade.coverage`), log its summary (and one
     warning line naming the flagged torsions, so that a run warns right after its MD without
     printing the summary that the commands print themselves) and return the
-    :class:`~openmm_trade.coverage.Coverage` measured."""
+    :class:`~openmm_trade.coverage.Coverage` measured (``n_dof``: the molecule's, to check
+    the frames per degree of freedom)."""
     from .coverage import measure
 
-    result = measure(traj)
+    result = measure(traj, n_dof=n_dof)
     write_text_atomic(run.coverage, json.dumps(
         {**result.to_dict(), "summary": result.summary()}, indent=2))
     log.info("%s", result.summary())

@@ -158,6 +158,23 @@ def test_hot_md_crosses_cold_does_not(hot_run):
     assert (hot.frames_needed is None) == hot.ok
 
 
+def test_frames_per_degree_of_freedom_note(hot_run):
+    """1000 frames for alanine dipeptide's 48 degrees of freedom (20.8 per degree) are too
+    few for the fit: noted with the frames 125 per degree would give; enough frames: silent."""
+    msys = ot.systems.load("alanine-dipeptide-vacuum")
+    ic = ot.TemperatureFlow.for_system(msys, hot_run, (300.0, 600.0), hidden=8, n_blocks=1,
+                                       whiten=False).coordinates
+    assert msys.n_dof == ic.n_dof == 48  # the flow's own count is the oracle
+    few = coverage.measure(hot_run, n_dof=msys.n_dof)
+    assert few.fit_frames_needed == coverage.FRAMES_PER_DOF * 48 == 6000
+    assert "NOTE: 1000 frames for 48 degrees of freedom" in few.summary()
+    assert "6000 frames (1.2 ns at 0.2 ps per frame)" in few.fit_line()
+    assert few.to_dict()["fit_frames_needed"] == 6000
+    enough = coverage.measure(hot_run, n_dof=1000 // coverage.FRAMES_PER_DOF)
+    assert enough.fit_frames_needed is None and "NOTE" not in enough.summary()
+    assert coverage.measure(hot_run).fit_line() == ""  # n_dof unknown: no note
+
+
 def test_frames_needed_follows_the_crossing_rate(hot_run):
     # a slice with k crossings of phi (k < 10) needs 10/k times its length
     for n in (100, 200, 400):
