@@ -172,6 +172,17 @@ def markdown(rows: list[dict]) -> str:
             f"{r['t0']['clash_fraction']:.2f} | {r['far']['clash_fraction']:.2f} | "
             f"{r['ti_gap_far_kT']:.2f} | {r['md_s']:.0f} | {r['train_s']:.0f} | "
             f"{'met' if all(r['bar'].values()) else 'missed'} |")
+    refined = [r for r in rows if "t0_refined" in r]
+    if refined:
+        lines += ["", "| molecule | ESS T0 → refined | ESS far → refined | clash T0 / far refined "
+                  "| SMC s T0 / far | force evaluations T0 / far |", "|---" * 6 + "|"]
+        for r in refined:
+            t0, far = r["t0_refined"], r["far_refined"]
+            lines.append(
+                f"| {r['system']} | {r['t0']['ess']:.2%} → {t0['ess']:.1%} | "
+                f"{r['far']['ess']:.2%} → {far['ess']:.1%} | {t0['clash_fraction']:.2f} / "
+                f"{far['clash_fraction']:.2f} | {t0['wall_s']:.0f} / {far['wall_s']:.0f} | "
+                f"{t0['force_evaluations']:.2g} / {far['force_evaluations']:.2g} |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/reference.py --system ace-leu-nme-implicit \\
         --ns-per-replica 2                                      # ~40 min on 1 core
     OMP_NUM_THREADS=1 python benchmarks/side_chains.py          # ~10 min with the model cached
+    OMP_NUM_THREADS=1 python benchmarks/side_chains.py --refine # and with SMC refinement
     OMP_NUM_THREADS=1 python benchmarks/side_chains.py --quick  # pipeline check, minutes
 """
 
@@ -66,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--discard", type=float, default=0.1,
                         help="fraction of each PT replica dropped as equilibration")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--refine", action="store_true",
+                        help="also refine the samples with the force field (SMC) and compare")
     parser.add_argument("--quick", action="store_true",
                         help="tiny PT, MD and training (pipeline check, minutes)")
     parser.add_argument("--output", type=Path, default=None)
@@ -132,20 +135,26 @@ def add_delta_f(rows: list[dict], wts: list, t0: float, pt, seed: int) -> None:
         row["flow"]["delta_f_minus_mbar_err_kT"] = float(comparison.error[i])
 
 
+def _line(label: str, f: dict, ref: dict, delta_f: str) -> str:
+    cells = [f"{f['rotamers'][k]['population']:.3f} ± {f['rotamers'][k]['error']:.3f} / "
+             f"{ref['rotamers'][k]['population']:.3f} ± {ref['rotamers'][k]['error']:.3f} "
+             f"({f['rotamers'][k]['z']:+.1f})" for k in ROTAMERS]
+    return (f"| {label} | {f['ess']:.2%} | {delta_f} | {f['kl']:.3f} | "
+            f"{f['kl_perfect_model_same_ess']:.3f} | {ref['kl_halves']:.3f} | "
+            + " | ".join(cells) + " |")
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| T (K) | flow ESS | Δf − Δf_MBAR (kT) | φ/ψ KL flow | KL perfect model, same ESS "
              "| KL PT halves | " + " | ".join(f"χ1 {k}: flow / PT (z)" for k in ROTAMERS) + " |",
              "|---" * (6 + len(ROTAMERS)) + "|"]
     for r in rows:
         f, ref = r["flow"], r["reference"]
-        cells = [f"{f['rotamers'][k]['population']:.3f} ± {f['rotamers'][k]['error']:.3f} / "
-                 f"{ref['rotamers'][k]['population']:.3f} ± {ref['rotamers'][k]['error']:.3f} "
-                 f"({f['rotamers'][k]['z']:+.1f})" for k in ROTAMERS]
-        lines.append(f"| {r['temperature']:.0f} | {f['ess']:.2%} | "
-                     f"{f['delta_f_minus_mbar_kT']:+.2f} ± {f['delta_f_minus_mbar_err_kT']:.2f} | "
-                     f"{f['kl']:.3f} | "
-                     f"{f['kl_perfect_model_same_ess']:.3f} | {ref['kl_halves']:.3f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(_line(f"{r['temperature']:.0f}", f, ref,
+                           f"{f['delta_f_minus_mbar_kT']:+.2f} ± "
+                           f"{f['delta_f_minus_mbar_err_kT']:.2f}"))
+        if "refined" in r:
+            lines.append(_line(f"{r['temperature']:.0f} refined", r["refined"], ref, "—"))
     return "\n".join(lines)
 
 
@@ -171,9 +180,16 @@ def main(argv=None) -> list[dict]:
                            seed=args.seed + 31 + i, quiet=True)
             flow = flow_side(wt, ref, chi, args.seed)
             wts.append(wt)
+            row = {"temperature": float(pt.temperatures[k]), "flow": flow, "reference": ref}
+            if args.refine:
+                started_smc, before = time.perf_counter(), energy.n_evaluations
+                refined = ot.sample(model, energy, temperature=float(pt.temperatures[k]),
+                                    n=args.n, seed=args.seed + 61 + i, quiet=True, refine=True)
+                row["refined"] = {**flow_side(refined, ref, chi, args.seed),
+                                  "wall_s": time.perf_counter() - started_smc,
+                                  "force_evaluations": int(energy.n_evaluations - before)}
             ref.pop("phi_psi")
-            rows.append({"temperature": float(pt.temperatures[k]), "flow": flow,
-                         "reference": ref})
+            rows.append(row)
             print(f"[side_chains] {pt.temperatures[k]:.0f} K: ESS {flow['ess']:.2%}, "
                   f"KL {flow['kl']:.3f} (PT halves {ref['kl_halves']:.3f})", flush=True)
     add_delta_f(rows, wts, margs.t0, pt, args.seed)
@@ -186,6 +202,7 @@ def main(argv=None) -> list[dict]:
                             "acceptance_rates": pt.acceptance_rates.tolist()},
               "rows": rows, "wall_s": time.perf_counter() - started,
               "command": "OMP_NUM_THREADS=1 python benchmarks/side_chains.py"
+                         + (" --refine" if args.refine else "")
                          + (" --quick" if args.quick else "")}
     write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
     print(markdown(rows))
