@@ -186,6 +186,8 @@ def main(argv=None) -> list[dict]:
                 refined = ot.sample(model, energy, temperature=float(pt.temperatures[k]),
                                     n=args.n, seed=args.seed + 61 + i, quiet=True, refine=True)
                 row["refined"] = {**flow_side(refined, ref, chi, args.seed),
+                                  "distinct_ancestors":
+                                      refined.refinement.get("distinct_ancestors"),
                                   "wall_s": time.perf_counter() - started_smc,
                                   "force_evaluations": int(energy.n_evaluations - before)}
             ref.pop("phi_psi")
