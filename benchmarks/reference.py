@@ -68,7 +68,7 @@ def run_parallel_tempering(args: argparse.Namespace) -> ot.md.ParallelTemperingR
     run; extended or resumed otherwise)."""
     msys = ot.systems.load(args.system)
     temperatures = np.geomspace(args.t_min, args.t_max, args.n_temperatures)
-    timestep = args.timestep_ps or (0.002 if msys.constraint_lengths.size else 0.001)
+    timestep = args.timestep_ps or ot.md.default_timestep_ps(msys)
     steps = QUICK["steps_per_iteration"] if args.quick else args.steps_per_iteration
     if args.quick:
         iterations = QUICK["iterations"]

@@ -98,7 +98,7 @@ def reference_side(traj: mdtraj.Trajectory, chi: ot.cv.CollectiveVariable) -> di
         mask = ot.free_energy.state_mask(name, state, chi_values)
         p, err, g = md_fraction(mask)
         rotamers[name] = {"population": p, "error": err, "g": g,
-                          "halves": [md_fraction(mask[:half])[0], md_fraction(mask[half:])[0]]}
+                          "halves": [float(mask[:half].mean()), float(mask[half:].mean())]}
     kl_halves = max(ot.metrics.ramachandran_kl(phi_psi[:half], phi_psi[half:]),
                     ot.metrics.ramachandran_kl(phi_psi[half:], phi_psi[:half]))
     return {"n_frames": len(traj), "phi_psi": phi_psi, "rotamers": rotamers,

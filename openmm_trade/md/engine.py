@@ -79,7 +79,7 @@ def _cpu_busy_ticks(stat_text: str) -> dict[int, int]:
         name, *fields = line.split()
         if name.startswith("cpu") and name[3:].isdigit():
             ticks = [int(f) for f in fields]
-            busy[int(name[3:])] = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+            busy[int(name[3:])] = sum(ticks) - sum(ticks[3:5])  # fields 4, 5: idle, iowait
     return busy
 
 
@@ -91,14 +91,12 @@ def order_by_idleness(cores, busy_before: dict[int, int], busy_after: dict[int, 
     >>> order_by_idleness([0, 1, 2], {0: 0, 1: 0, 2: 0}, {0: 9, 1: 0, 2: 4})
     [1, 2, 0]
     """
-    cores = list(cores)
-
     def gained(core: int) -> float:
         if core in busy_before and core in busy_after:
             return busy_after[core] - busy_before[core]
         return math.inf
 
-    return sorted(cores, key=lambda core: (gained(core), cores.index(core)))
+    return sorted(cores, key=gained)  # sorted() is stable: ties keep their order
 
 
 def cores_by_idleness(window_s: float = IDLENESS_WINDOW_S) -> list[int]:
