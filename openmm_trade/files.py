@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,44 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block, so that one process at a time
+    writes it and its companions (checkpoints, chain files).
+
+    The lock is a POSIX ``flock`` on ``<path>.lock``: the operating system drops it when
+    the process ends, however it ends, so a crashed run never leaves ``path`` locked. A
+    second process asking for it prints once that it waits, then waits until the first
+    releases it (and, with ``resume``, continues or reads what the first wrote). Where
+    ``fcntl`` does not exist (Windows) nothing is locked.
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "md.h5"
+    >>> with exclusive_lock(target):
+    ...     _ = target.write_text("frames")
+    >>> target.read_text()
+    'frames'
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is writing the {what} {path} ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

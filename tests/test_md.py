@@ -6,6 +6,7 @@ positions re-read from files with mdtraj, openmmtools' own stored reduced energi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from openmm import app, unit
 
 import openmm_trade as ot
 from openmm_trade.errors import CheckpointError, InputError
+from openmm_trade.files import exclusive_lock
 from openmm_trade.mbar import mbar_reference
 from openmm_trade.units import KB
 
@@ -206,6 +208,51 @@ def test_chains_kill_and_resume(vacuum, tmp_path):
     np.testing.assert_array_equal(ot.md.frame_chains(out), traj.chain_index)
     np.testing.assert_array_equal(stored.chain_index, traj.chain_index)
     assert mdtraj.load(str(out)).n_frames == n_frames  # still a plain mdtraj file
+
+
+_RESUMED_RUN = """
+import hashlib
+import openmm_trade as ot
+msys = ot.systems.load("alanine-dipeptide-vacuum")
+traj = ot.md.simulate(msys, 300, n_frames={n}, interval_ps=0.1, seed=5, equilibration_ps=0.2,
+                      output={out!r}, resume=True, quiet=True, n_chains=2)
+print(hashlib.sha256(traj.xyz.tobytes()).hexdigest())
+"""
+
+
+def _start_resumed_run(out: Path, n_frames: int) -> subprocess.Popen:
+    script = textwrap.dedent(_RESUMED_RUN.format(n=n_frames, out=str(out)))
+    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_one_writer_per_output(vacuum, tmp_path):
+    """A run whose output another process holds waits, says so, and then continues that
+    run; two processes resuming the same cached run side by side both get its frames (they
+    used to collide in HDF5's own file lock: 'unable to lock file')."""
+    n_frames, out = 40, tmp_path / "run.h5"
+    with exclusive_lock(out, "MD run"):
+        waiting = _start_resumed_run(out, n_frames)
+        seen = []  # stderr up to the waiting message (import warnings come first)
+        while not seen or "waiting for another process" not in seen[-1]:
+            seen.append(waiting.stderr.readline())  # blocks until the run reaches the lock
+            assert seen[-1], "".join(seen)[-2000:]  # end of file: it never waited
+        assert str(out) in seen[-1], seen[-1]
+        time.sleep(1.0)
+        assert waiting.poll() is None and not out.exists()  # still waiting
+    stdout, stderr = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0, stderr[-2000:]
+    fresh = ot.md.simulate(vacuum, 300, n_frames=n_frames, interval_ps=0.1, seed=5,
+                           equilibration_ps=0.2, quiet=True, n_chains=2)
+    expected = hashlib.sha256(fresh.xyz.tobytes()).hexdigest()
+    assert stdout.split() == [expected]
+
+    side_by_side = [_start_resumed_run(out, n_frames) for _ in range(2)]
+    for proc in side_by_side:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert stdout.split() == [expected]
 
 
 def _chain_processes(pid: int) -> list[int]:

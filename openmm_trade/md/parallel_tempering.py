@@ -20,6 +20,7 @@ from openmm import unit
 
 from .. import checks
 from ..errors import CheckpointError, InputError
+from ..files import exclusive_lock
 from ..system import MolecularSystem
 from ..units import KB
 from .engine import (
@@ -249,15 +250,15 @@ def parallel_tempering(
     if storage.suffix != ".nc":
         raise InputError(f"storage must be a NetCDF path ending in .nc, got {storage}")
     checkpoint = storage.with_name(storage.stem + "_checkpoint.nc")
-    if storage.exists() and not resume:
-        raise InputError(f"storage {storage} exists; pass resume=True to continue it or "
-                         "choose another path")
-
+    lock = exclusive_lock(storage, "parallel-tempering storage")  # one writer per storage
     # All replicas run in this one process; on the CPU platform that is fastest on one core
     # (10 iterations x 8 replicas x 500 steps, implicit alanine dipeptide, 2-core VM: 52-65 s
     # free, 7-8 s pinned; see engine.one_core), the idlest one.
     pin = one_core() if openmm_platform.getName() == "CPU" else contextlib.nullcontext()
-    with _quiet_openmmtools(quiet), pin:
+    with lock, _quiet_openmmtools(quiet), pin:
+        if storage.exists() and not resume:
+            raise InputError(f"storage {storage} exists; pass resume=True to continue it or "
+                             "choose another path")
         return _run_parallel_tempering(msys, temps, n_iterations, steps, storage, checkpoint,
                                        timestep_ps, friction_per_ps, seed, platform,
                                        openmm_platform, quiet)
