@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="default: train's default")
     parser.add_argument("--n", type=int, default=10_000, help="samples per temperature")
     parser.add_argument("--n-temperatures", type=int, default=5)
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="conditioner width; default: FlowArchitecture's")
+    parser.add_argument("--n-blocks", type=int, default=None,
+                        help="repetitions of the coupling pattern; default: FlowArchitecture's")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="boundary frames per step; default: TrainingConfig's")
+    parser.add_argument("--model-seed", type=int, default=None,
+                        help="seed of the model and its training; default: --seed")
     parser.add_argument("--refine", action="store_true", help="also SMC at T0 and far end")
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
                         help="TemperatureFlow.for_system(whiten=...); --no-whiten: the model "
@@ -68,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    suffix = ("_quick" if args.quick else "") + ("" if args.whiten else "_no_whiten")
+    suffix = (("_quick" if args.quick else "") + ("" if args.whiten else "_no_whiten")
+              + "".join(f"_{key}{value}" for key, value in model_settings(args)))
     args.output = args.output or RESULTS / f"molecules{suffix}.json"
     return args
 
@@ -79,9 +90,16 @@ def cache(args, name: str) -> tuple[Path, Path]:
     folder = ot.md.cache_dir() / "molecules" / (
         f"{name}-{args.t0:g}K-{args.frames}x{args.interval_ps:g}ps-seed{args.seed}")
     model_folder = folder / (f"model-steps{args.steps or 'default'}"
-                             + ("" if args.whiten else "-no-whiten"))
+                             + ("" if args.whiten else "-no-whiten")
+                             + "".join(f"-{key}{value}" for key, value in model_settings(args)))
     model_folder.mkdir(parents=True, exist_ok=True)
     return folder / "boundary.h5", model_folder
+
+
+def model_settings(args) -> list[tuple[str, int]]:
+    """The non-default model settings given on the command line, as ``(name, value)``."""
+    names = ("hidden", "n_blocks", "batch_size", "model_seed")
+    return [(name, getattr(args, name)) for name in names if getattr(args, name) is not None]
 
 
 def boundary_md(name: str, args):
@@ -107,11 +125,15 @@ def trained_model(msys, energy, traj, folder: Path, args) -> tuple:
         model = ot.TemperatureFlow.load(model_path, msys)
         sigma = model.metadata.get("overlap_sigma", float("nan"))
     else:
+        settings = dict(model_settings(args))
+        seed = settings.pop("model_seed", args.seed)
+        kwargs = {key: settings.pop(key) for key in ("batch_size",) if key in settings}
         model = ot.TemperatureFlow.for_system(msys, traj, temperature_range=tuple(args.range),
-                                              reference_temperature=args.t0, seed=args.seed,
-                                              whiten=args.whiten)
-        kwargs = {} if args.steps is None else {"steps": args.steps}
-        history = ot.train(model, energy, traj, args.t0, seed=args.seed, quiet=True,
+                                              reference_temperature=args.t0, seed=seed,
+                                              whiten=args.whiten, **settings)
+        if args.steps is not None:
+            kwargs["steps"] = args.steps
+        history = ot.train(model, energy, traj, args.t0, seed=seed, quiet=True,
                            checkpoint=folder / "checkpoint.pt", resume=True, **kwargs)
         sigma = history.overlap_sigma
         model.save(model_path)
@@ -199,9 +221,9 @@ def main(argv=None) -> list[dict]:
         write_text_atomic(args.output, json.dumps(
             {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
              "bar": BAR, "rows": rows,
-             "command": "OMP_NUM_THREADS=1 python benchmarks/molecules.py"
-                        + (" --quick" if args.quick else "")
-                        + ("" if args.whiten else " --no-whiten")}, indent=1) + "\n")
+             "command": "OMP_NUM_THREADS=1 python benchmarks/molecules.py "
+                        + shlex.join(sys.argv[1:] if argv is None else argv)},
+            indent=1) + "\n")
     print(markdown(rows))
     return rows
 
