@@ -663,12 +663,13 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
     refinement["force_evaluations_per_sample"] = refinement["force_evaluations"] / n
     return _trajectory(model, space, z, point, islands.combined_log_weights(), log_z,
                        refinement, {"n": n, "seed": seed, "model": type(model).__name__,
-                                    "energy": type(energy).__name__})
+                                    "energy": type(energy).__name__}, islands.ancestors)
 
 
 def _trajectory(model, space: _Space, z, point: _Point, log_w: np.ndarray, log_z: float,
-                refinement: dict, metadata: dict) -> WeightedTrajectory:
-    """A WeightedTrajectory whose weights are ``log_w`` shifted to ``ln mean w = ln Z``."""
+                refinement: dict, metadata: dict, lineages: np.ndarray) -> WeightedTrajectory:
+    """A WeightedTrajectory whose weights are ``log_w`` shifted to ``ln mean w = ln Z``;
+    ``lineages``: the independent draw each particle descends from."""
     n = len(z)
     with torch.no_grad():
         if space.coordinates is not None:
@@ -682,7 +683,7 @@ def _trajectory(model, space: _Space, z, point: _Point, log_w: np.ndarray, log_z
     system = system or getattr(space.energy, "system", None)
     topology = getattr(system, "mdtraj_topology", None)
     return WeightedTrajectory(x, energies, log_prob, space.temperature, topology=topology,
-                              metadata=dict(metadata, refinement=refinement))
+                              metadata=dict(metadata, refinement=refinement), lineages=lineages)
 
 
 def rejuvenate(samples, energy, temperature: float | None = None, log_weights=None,
@@ -740,6 +741,7 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
                              "(it brings its own)")
         temperature = samples.temperature if temperature is None else temperature
         log_weights, log_z, x = samples.log_weights, samples.log_partition_estimate, samples.samples
+        lineages = samples.lineages
     else:
         x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else (
             np.asarray(samples))
@@ -748,6 +750,7 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
         else:
             log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
             log_z = log_mean_exp(log_weights)
+        lineages = np.arange(len(log_weights))  # each input sample its own draw
     if temperature is None:
         raise InputError("temperature must be given (in K) for array samples")
     temperature = check_temperature(temperature)
@@ -786,7 +789,8 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
         "force_evaluations_per_sample": (energy.n_evaluations - start) / n,
     }
     return _trajectory(model, space, z, point, np.full(n, -math.log(n)), log_z, refinement,
-                       {"n": n, "seed": seed, "energy": type(energy).__name__})
+                       {"n": n, "seed": seed, "energy": type(energy).__name__},
+                       lineages[index])
 
 
 __all__ = ["SMC", "check_options", "options_from_config", "rejuvenate", "smc"]

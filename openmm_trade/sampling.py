@@ -115,6 +115,11 @@ class WeightedTrajectory:
         lower variance). The number clipped is reported in ``n_clipped`` and ``summary()``.
     metadata : dict, optional
         JSON-serialisable information saved with the file (model, seed, ...).
+    lineages : array-like of int, shape (n,), optional
+        The independent draw each sample descends from. Refinement resamples, so several
+        samples can share one flow draw (SMC: its "Eve" index) and are then correlated;
+        bootstrap errors (:mod:`openmm_trade.free_energy`) resample whole lineages.
+        Default: every sample is its own draw (plain importance sampling).
 
     Attributes
     ----------
@@ -138,7 +143,8 @@ class WeightedTrajectory:
     """
 
     def __init__(self, samples, energies, log_prob, temperature: float, topology=None,
-                 clip_log_weights: float | None = None, metadata: dict | None = None):
+                 clip_log_weights: float | None = None, metadata: dict | None = None,
+                 lineages=None):
         self.temperature = check_temperature(temperature)
         self.topology = topology
         if topology is not None and not isinstance(topology, mdtraj.Topology):
@@ -154,6 +160,7 @@ class WeightedTrajectory:
         self.energies = energies
         self.log_prob = log_prob
         self.n_failed = int(failed.sum())
+        self.lineages = self._check_lineages(lineages)
         self.clip_log_weights = _check_clip(clip_log_weights)
         self.metadata = dict(metadata or {})
         self._source: Path | None = None
@@ -168,6 +175,21 @@ class WeightedTrajectory:
         self.ess = effective_sample_size(self.log_weights)
 
     # ------------------------------------------------------------------ construction helpers
+    def _check_lineages(self, lineages) -> np.ndarray:
+        n = len(self.energies)
+        if lineages is None:
+            return np.arange(n)
+        lineages = np.asarray(lineages)
+        if lineages.shape != (n,) or not np.issubdtype(lineages.dtype, np.integer):
+            raise InputError(f"lineages must be integers of shape ({n},), got "
+                             f"{lineages.dtype} {lineages.shape}")
+        return lineages.astype(np.int64)
+
+    @property
+    def n_lineages(self) -> int:
+        """Number of distinct independent draws among the samples (:attr:`lineages`)."""
+        return int(len(np.unique(self.lineages)))
+
     def _check_samples(self, samples) -> np.ndarray:
         if isinstance(samples, torch.Tensor):
             samples = samples.detach().cpu().numpy()
@@ -321,11 +343,14 @@ class WeightedTrajectory:
         # one run's refinement record (its ln Z error, history) does not describe the union;
         # the union's weights still average the runs' ln Z estimates (see refinement)
         metadata.pop("refinement", None)
+        offsets = np.cumsum([0] + [len(t) for t in trajectories[:-1]])  # lineages stay apart
         return cls(np.concatenate([t.samples for t in trajectories]),
                    np.concatenate([t.energies for t in trajectories]),
                    np.concatenate([t.log_prob for t in trajectories]),
                    first.temperature, topology=first.topology,
-                   clip_log_weights=first.clip_log_weights, metadata=metadata)
+                   clip_log_weights=first.clip_log_weights, metadata=metadata,
+                   lineages=np.concatenate([t.lineages + o for t, o in
+                                            zip(trajectories, offsets, strict=True)]))
 
     # ------------------------------------------------------------------ files
     def save(self, path: PathLike) -> Path:
@@ -338,6 +363,7 @@ class WeightedTrajectory:
         with atomic_write_path(path) as tmp, _Writer(tmp, self.topology, self.temperature,
                                                       self.clip_log_weights, self.metadata) as w:
             w.append(self.samples, self.energies, self.log_prob)
+            w.lineages = self.lineages
         return path
 
     @classmethod
@@ -357,6 +383,7 @@ class WeightedTrajectory:
             group = handle[GROUP]
             energies = group["energies"][()]
             log_prob = group["log_prob"][()]
+            lineages = group["lineages"][()] if "lineages" in group else None
             attrs = dict(group.attrs)
         clip = float(attrs["clip_log_weights"])
         topology = None
@@ -368,7 +395,7 @@ class WeightedTrajectory:
             samples = _read_samples(path)[0]
         wt = cls(samples, energies, log_prob, float(attrs["temperature"]), topology=topology,
                  clip_log_weights=None if math.isnan(clip) else clip,
-                 metadata=json.loads(attrs["metadata"]))
+                 metadata=json.loads(attrs["metadata"]), lineages=lineages)
         wt._source = path
         return wt
 
@@ -402,6 +429,8 @@ class _Writer:
         }
         self.energies: list[np.ndarray] = []
         self.log_prob: list[np.ndarray] = []
+        #: lineages of the samples (None: each its own draw, nothing written)
+        self.lineages: np.ndarray | None = None
         self._mdtraj = None
         self._h5 = None
 
@@ -438,6 +467,8 @@ class _Writer:
                 group = self._h5.require_group(GROUP)
                 group.create_dataset("energies", data=np.concatenate(self.energies or [[]]))
                 group.create_dataset("log_prob", data=np.concatenate(self.log_prob or [[]]))
+                if self.lineages is not None:
+                    group.create_dataset("lineages", data=self.lineages)
                 group.attrs.update(self.attrs)
         finally:
             self._h5.close()

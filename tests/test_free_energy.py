@@ -192,6 +192,27 @@ def test_populations_match_exact_probability(oscillator_1d):
         fe.populations(wt, {"bad": [(0, 1), (0, 1)]}, n_bootstrap=5)
 
 
+def test_bootstrap_resamples_lineages_not_copies():
+    """m independent draws, each present r times (as SMC resampling leaves them): the error
+    of a population is the binomial one of m draws, sqrt(p(1-p)/m). A bootstrap over the
+    m·r samples would claim sqrt(r) times less; resampling lineages does not."""
+    m, r = 2000, 5
+    x = np.random.default_rng(1).normal(size=(m, 1))
+    copies = np.repeat(x, r, axis=0)
+    zeros = np.zeros(m * r)
+    states = {"right": [(0.0, np.inf)]}
+    with_lineages = WeightedTrajectory(copies, zeros, zeros, 300.0,
+                                       lineages=np.repeat(np.arange(m), r))
+    value, error = fe.populations(with_lineages, states, n_bootstrap=400, seed=0)["right"]
+    binomial = math.sqrt(value * (1 - value) / m)  # bootstrap SE error ~ 1/sqrt(2·400)
+    assert abs(error / binomial - 1) < 0.15, (error, binomial)
+    as_copies = WeightedTrajectory(copies, zeros, zeros, 300.0)  # each copy its own draw
+    naive = fe.populations(as_copies, states, n_bootstrap=400, seed=0)["right"][1]
+    assert abs(naive * math.sqrt(r) / binomial - 1) < 0.15, (naive, binomial)
+    with pytest.raises(InputError, match="lineages"):
+        WeightedTrajectory(x, np.zeros(m), np.zeros(m), 300.0, lineages=np.zeros(3, int))
+
+
 def test_populations_ramachandran_on_md(vacuum, vacuum_frames, tmp_path):
     traj = mdtraj.Trajectory(vacuum_frames, vacuum.mdtraj_topology)
     pops = fe.populations(traj, n_bootstrap=20, seed=0)  # default states and CV

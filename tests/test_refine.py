@@ -149,6 +149,13 @@ def test_sample_refine_and_save_load(tmp_path):
     assert wt.refinement["method"] == "smc" and wt.log_partition_error > 0
     loaded = ot.WeightedTrajectory.load(wt.save(tmp_path / "refined.h5"))
     assert loaded.refinement == wt.refinement
+    # each particle's lineage is the flow draw it descends from; the file keeps them
+    assert wt.n_lineages == wt.refinement["distinct_ancestors"] < len(wt)
+    np.testing.assert_array_equal(loaded.lineages, wt.lineages)
+    both = ot.WeightedTrajectory.concatenate([wt, loaded])  # two runs: lineages stay apart
+    assert both.n_lineages == 2 * wt.n_lineages
+    again = rejuvenate(wt, toy, options=SMC(n_mcmc_steps=1), seed=0)
+    assert set(again.lineages) <= set(wt.lineages)
     assert np.allclose(loaded.weights, wt.weights)
     assert loaded.log_partition_estimate == pytest.approx(wt.log_partition_estimate)
     assert ot.sample(model, toy, T, n=10, seed=0, quiet=True, refine=False).refinement is None

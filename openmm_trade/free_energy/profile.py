@@ -102,7 +102,7 @@ def _estimate(wt: WeightedTrajectory, n_bootstrap: int, rng) -> _Estimate:
     energies = np.where(np.isfinite(wt.energies), wt.energies, 0.0)
     log_z, mean, cv = _thermodynamics(np.ones(len(wt)), w, shift, energies, wt.beta)
     boot = [np.stack(_thermodynamics(c, w, shift, energies, wt.beta))
-            for c in _bootstrap_counts(rng, len(wt), n_bootstrap)]
+            for c in _bootstrap_counts(rng, wt.lineages, n_bootstrap)]
     boot = np.concatenate(boot, axis=1)
     return _Estimate(wt.temperature, float(log_z), float(mean), float(cv), boot[0],
                      float(_std(boot[1])), float(_std(boot[2])), wt.ess, wt.n_failed)

@@ -116,7 +116,7 @@ def populations(data, states: Mapping[str, Callable | Sequence] | None = None, c
     >>> pops["left"][0], pops["right"][0]
     (0.25, 0.75)
     """
-    log_weights, temperature = _weighted_data(data, temperature)
+    log_weights, temperature, lineages = _weighted_data(data, temperature)
     n_bootstrap = _check_bootstrap(n_bootstrap)
     if states is None:
         states = cvs.RAMACHANDRAN_STATES
@@ -136,7 +136,7 @@ def populations(data, states: Mapping[str, Callable | Sequence] | None = None, c
     population = (w @ masks) / w.sum()
     rng = np.random.default_rng(seed)
     replicates = np.concatenate([((c * w) @ masks) / (c * w).sum(-1, keepdims=True)
-                                 for c in _bootstrap_counts(rng, len(w), n_bootstrap)])
+                                 for c in _bootstrap_counts(rng, lineages, n_bootstrap)])
     return Populations(states.keys(), population, _std(replicates), temperature)
 
 

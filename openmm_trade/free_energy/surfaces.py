@@ -95,7 +95,7 @@ def surface(data, cv, bins: int | Sequence[int] = 60, n_bootstrap: int = 100, ra
     >>> fes.free_energy.shape, fes.names
     ((18, 18), ('φ', 'ψ'))
     """
-    log_weights, temperature = _weighted_data(data, temperature)
+    log_weights, temperature, lineages = _weighted_data(data, temperature)
     if temperature is None:
         raise InputError("temperature is required (in K) for unweighted data")
     n_bootstrap = _check_bootstrap(n_bootstrap)
@@ -135,7 +135,7 @@ def surface(data, cv, bins: int | Sequence[int] = 60, n_bootstrap: int = 100, ra
         raise InputError(f"range: no weighted sample lies inside {range.tolist()}")
     rng = np.random.default_rng(seed)
     replicates = np.concatenate([np.stack([minus_kt_log_p(c * w)[1] for c in counts])
-                                 for counts in _bootstrap_counts(rng, len(w), n_bootstrap)])
+                                 for counts in _bootstrap_counts(rng, lineages, n_bootstrap)])
     f = f - f[np.isfinite(f)].min()
     names = tuple(getattr(cv, "names", ())) if callable(cv) else ()
     return FreeEnergySurface(f.reshape(shape), _std(replicates).reshape(shape),
