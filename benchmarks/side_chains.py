@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -69,13 +71,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--refine", action="store_true",
                         help="also refine the samples with the force field (SMC) and compare")
+    parser.add_argument("--torsion-flips", type=int, default=None,
+                        help="with --refine: SMC(torsion_flips=...); default: SMC's")
     parser.add_argument("--quick", action="store_true",
                         help="tiny PT, MD and training (pipeline check, minutes)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.n = 300
-    args.output = args.output or RESULTS / f"side_chains{'_quick' if args.quick else ''}.json"
+    suffix = ("_quick" if args.quick else "") + (
+        "" if args.torsion_flips is None else f"_flips{args.torsion_flips}")
+    args.output = args.output or RESULTS / f"side_chains{suffix}.json"
     return args
 
 
@@ -154,7 +160,8 @@ def markdown(rows: list[dict]) -> str:
                            f"{f['delta_f_minus_mbar_kT']:+.2f} ± "
                            f"{f['delta_f_minus_mbar_err_kT']:.2f}"))
         if "refined" in r:
-            lines.append(_line(f"{r['temperature']:.0f} refined", r["refined"], ref, "—"))
+            lines.append(_line(f"{r['temperature']:.0f} refined (ESS over lineages "
+                               f"{r['refined']['lineage_ess']:.2%})", r["refined"], ref, "—"))
     return "\n".join(lines)
 
 
@@ -183,11 +190,17 @@ def main(argv=None) -> list[dict]:
             row = {"temperature": float(pt.temperatures[k]), "flow": flow, "reference": ref}
             if args.refine:
                 started_smc, before = time.perf_counter(), energy.n_evaluations
+                options = (ot.SMC() if args.torsion_flips is None
+                           else ot.SMC(torsion_flips=args.torsion_flips))
                 refined = ot.sample(model, energy, temperature=float(pt.temperatures[k]),
-                                    n=args.n, seed=args.seed + 61 + i, quiet=True, refine=True)
+                                    n=args.n, seed=args.seed + 61 + i, quiet=True,
+                                    refine=options)
                 row["refined"] = {**flow_side(refined, ref, chi, args.seed),
                                   "distinct_ancestors":
                                       refined.refinement.get("distinct_ancestors"),
+                                  "lineage_ess": refined.lineage_ess,
+                                  "flip_acceptance": [level["flip_acceptance"] for level in
+                                                      refined.refinement["history"]],
                                   "wall_s": time.perf_counter() - started_smc,
                                   "force_evaluations": int(energy.n_evaluations - before)}
             ref.pop("phi_psi")
@@ -203,9 +216,8 @@ def main(argv=None) -> list[dict]:
                             "temperatures": pt.temperatures.tolist(),
                             "acceptance_rates": pt.acceptance_rates.tolist()},
               "rows": rows, "wall_s": time.perf_counter() - started,
-              "command": "OMP_NUM_THREADS=1 python benchmarks/side_chains.py"
-                         + (" --refine" if args.refine else "")
-                         + (" --quick" if args.quick else "")}
+              "command": "OMP_NUM_THREADS=1 python benchmarks/side_chains.py "
+                         + shlex.join(sys.argv[1:] if argv is None else argv)}
     write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
     print(markdown(rows))
     return rows

@@ -97,6 +97,13 @@ class SMC:
         Leapfrog steps per HMC move.
     n_mcmc_steps : int
         MCMC moves per level (and per :func:`rejuvenate` call).
+    torsion_flips : int
+        Torsion-flip moves after the MCMC moves of each level (of each :func:`rejuvenate`
+        step): each particle turns one of its free torsions (circular, not an arc or a
+        chirality sign), chosen at random, by +120°, -120° or 180°, accepted by Metropolis
+        (the proposal is symmetric). In a Z-matrix the later atoms of a branch are placed
+        from its first atom, so the turn rotates the whole branch: a side chain changes
+        rotamer, which small gradient steps do not do across a barrier.
     target_acceptance : float, optional
         Acceptance rate the step size follows; default 0.6 (MALA) or 0.75 (HMC).
     initial_step_size : float
@@ -125,6 +132,7 @@ class SMC:
     kernel: str = "mala"
     n_leapfrog: int = 5
     n_mcmc_steps: int = 2
+    torsion_flips: int = 0
     target_acceptance: float | None = None
     initial_step_size: float = 0.5
     n_islands: int = 16
@@ -149,10 +157,10 @@ class SMC:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"SMC {name} must be a positive integer, got {value!r}")
-        if isinstance(self.n_mcmc_steps, bool) or not isinstance(self.n_mcmc_steps, int) \
-                or self.n_mcmc_steps < 0:
-            raise InputError(f"SMC n_mcmc_steps must be an integer >= 0, "
-                             f"got {self.n_mcmc_steps!r}")
+        for name in ("n_mcmc_steps", "torsion_flips"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"SMC {name} must be an integer >= 0, got {value!r}")
         step = self.initial_step_size
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not (
                 math.isfinite(step) and step > 0):
@@ -207,12 +215,15 @@ class _Space:
     """
 
     def __init__(self, energy, temperature: float, dim: int, periodic, base, coordinates=None,
-                 chunk_size: int = 1000):
+                 chunk_size: int = 1000, free_torsions=None):
         self.energy = energy
         self.temperature = temperature
         self.beta = 1.0 / (KB * temperature)
         self.dim = dim
         self.periodic = torch.as_tensor(periodic, dtype=torch.bool)
+        #: circular coordinates that torsion flips may turn (default: every periodic one)
+        self.free_torsions = torch.nonzero(torch.as_tensor(
+            periodic if free_torsions is None else free_torsions, dtype=torch.bool)).flatten()
         self.base = base
         self.coordinates = coordinates
         self.chunk_size = chunk_size
@@ -239,7 +250,8 @@ class _Space:
             return flow.log_prob(z.to(device), temperature).to("cpu", torch.float64)
 
         periodic = [d.kind in ("circular", "arc") for d in domains]
-        return cls(energy, temperature, len(domains), periodic, base, coordinates, chunk_size)
+        return cls(energy, temperature, len(domains), periodic, base, coordinates, chunk_size,
+                   free_torsions=[d.kind == "circular" for d in domains])
 
     @classmethod
     def for_energy(cls, energy, temperature: float, samples: np.ndarray,
@@ -270,6 +282,7 @@ class _Space:
                 low[k], high[k] = (0.0, math.pi) if positive.all() else (-math.pi, 0.0)
                 periodic[k] = False
             box = (low, high)
+            free_torsions = periodic
             coordinates = FlowCoordinates(coordinates)
         else:
             domains = getattr(energy, "domains", None)
@@ -285,13 +298,15 @@ class _Space:
                                  for d in domains], dtype=torch.float64)
             arc = torch.tensor([d.kind == "arc" for d in domains])
             box = (low, high, arc)
+            free_torsions = periodic & ~arc
 
         def base(z: torch.Tensor) -> torch.Tensor:
             inside = _inside(z, *box)
             return torch.where(inside, torch.zeros_like(z[:, 0]),
                                torch.full_like(z[:, 0], -math.inf))
 
-        return cls(energy, temperature, n, periodic, base, coordinates, chunk_size)
+        return cls(energy, temperature, n, periodic, base, coordinates, chunk_size,
+                   free_torsions)
 
     # -- maps ---------------------------------------------------------------------------
     def to_z(self, x) -> torch.Tensor:
@@ -444,6 +459,36 @@ def _hmc(space, z, point, b, eps, gen, n_leapfrog):
     return position, current, accept
 
 
+#: Turns (rad) a torsion flip proposes, each with probability 1/3: the set is closed under
+#: negation modulo 2π, so the proposal is symmetric.
+FLIP_TURNS = (2 * math.pi / 3, -2 * math.pi / 3, math.pi)
+
+
+def _flip(space, z, point, b, gen):
+    """One torsion flip per particle (see ``SMC.torsion_flips``); returns the new state
+    and the acceptance mask."""
+    n = len(z)
+    which = space.free_torsions[torch.randint(len(space.free_torsions), (n,), generator=gen)]
+    turn = torch.tensor(FLIP_TURNS, dtype=torch.float64)[
+        torch.randint(len(FLIP_TURNS), (n,), generator=gen)]
+    proposal = z.clone()
+    proposal[torch.arange(n), which] += turn
+    proposal = space.wrap(proposal)
+    new = space.evaluate(proposal)
+    new_log_pi = new.log_target(b)
+    uniform = torch.rand(n, generator=gen, dtype=torch.float64)
+    accept = torch.isfinite(new_log_pi) & (torch.log(uniform) < new_log_pi - point.log_target(b))
+    return proposal, new, accept
+
+
+def _keep(accept: torch.Tensor, z, point: _Point, proposal, new: _Point):
+    """The proposal where ``accept``, else the current state: ``(z, point)``."""
+    z = torch.where(accept[:, None], proposal, z)
+    point = _Point(*(torch.where(accept.view(-1, *[1] * (getattr(point, f).dim() - 1)),
+                                 getattr(new, f), getattr(point, f)) for f in _POINT_FIELDS))
+    return z, point
+
+
 class _Mover:
     """Metropolis-adjusted moves at a level, with step-size adaptation across moves."""
 
@@ -452,7 +497,9 @@ class _Mover:
         self.h = float(options.initial_step_size)
 
     def move(self, z, point, b: float, weights: np.ndarray, n_steps: int):
-        """``n_steps`` moves invariant for π_b; returns z, point, mean acceptance."""
+        """``n_steps`` moves invariant for π_b, then ``options.torsion_flips`` flips;
+        returns z, point and the mean acceptance of the moves and of the flips (``None``
+        without flips)."""
         scale = _scales(self.space, z, weights)
         rates = []
         for _ in range(n_steps):
@@ -462,14 +509,20 @@ class _Mover:
             else:
                 proposal, new, accept = _hmc(self.space, z, point, b, eps, self.gen,
                                              self.options.n_leapfrog)
-            z = torch.where(accept[:, None], proposal, z)
-            point = _Point(*(torch.where(accept.view(-1, *[1] * (getattr(point, f).dim() - 1)),
-                                         getattr(new, f), getattr(point, f))
-                             for f in _POINT_FIELDS))
+            z, point = _keep(accept, z, point, proposal, new)
             rate = float(accept.double().mean())
             rates.append(rate)
             self.h *= math.exp(2.0 * (rate - self.options.acceptance_target))
-        return z, point, (float(np.mean(rates)) if rates else math.nan)
+        flips = []
+        for _ in range(self.options.torsion_flips if len(self.space.free_torsions) else 0):
+            proposal, new, accept = _flip(self.space, z, point, b, self.gen)
+            z, point = _keep(accept, z, point, proposal, new)
+            flips.append(float(accept.double().mean()))
+        return z, point, _mean(rates), (_mean(flips) if flips else None)
+
+
+def _mean(rates: list[float]) -> float:
+    return float(np.mean(rates)) if rates else math.nan
 
 
 # ---------------------------------------------------------------------------- SMC
@@ -637,12 +690,12 @@ def smc(model, energy, temperature: float, n: int, options: SMC | None = None,
                 index_t = torch.as_tensor(index)
                 z, point = z[index_t], point.take(index_t)
             step = mover.h
-            z, point, acceptance = mover.move(z, point, b_new,
-                                              np.exp(islands.pooled_log_weights()),
-                                              options.n_mcmc_steps)
+            z, point, acceptance, flips = mover.move(z, point, b_new,
+                                                     np.exp(islands.pooled_log_weights()),
+                                                     options.n_mcmc_steps)
             b = b_new
             history.append({"b": b, "ess": ess, "acceptance": acceptance, "step_size": step,
-                            "resampled": index is not None,
+                            "flip_acceptance": flips, "resampled": index is not None,
                             "force_evaluations": int(energy.n_evaluations - start)})
             bar.n = int(100 * b)
             bar.set_postfix_str(f"level {len(history)}, b = {b:.3f}, ESS = {ess:.1%}, "
@@ -776,9 +829,9 @@ def rejuvenate(samples, energy, temperature: float | None = None, log_weights=No
     history = []
     for _ in range(options.n_mcmc_steps):
         step = mover.h
-        z, point, acceptance = mover.move(z, point, 1.0, np.ones(n), 1)
+        z, point, acceptance, flips = mover.move(z, point, 1.0, np.ones(n), 1)
         history.append({"b": 1.0, "ess": 1.0, "acceptance": acceptance, "step_size": step,
-                        "resampled": False,
+                        "flip_acceptance": flips, "resampled": False,
                         "force_evaluations": int(energy.n_evaluations - start)})
     refinement = {
         "method": "rejuvenate", "options": asdict(options), "seed": seed,

@@ -203,7 +203,7 @@ def _refinement_section(run: RunDirectory) -> list[str]:
         if not ref or "flow_ess" not in ref:
             continue
         rows.append([f"{wt.temperature:g}", f"{ref['flow_ess']:.1%}", f"{wt.ess:.1%}",
-                     str(ref["distinct_ancestors"]), str(ref["levels"]),
+                     f"{wt.lineage_ess:.1%} ({ref['distinct_ancestors']})", str(ref["levels"]),
                      f"{ref['flow_log_partition_estimate']:.3f}",
                      f"{wt.log_partition_estimate:.3f} ± {wt.log_partition_error:.3f}",
                      f"{ref['force_evaluations']:,}"])
@@ -213,8 +213,12 @@ def _refinement_section(run: RunDirectory) -> list[str]:
              "Plain: importance sampling with the flow's own draws at T (the SMC's first "
              "population). Refined: after annealing to exp(−U/kT) with MCMC moves. ln Z = "
              "ln ∫ exp(−U/kT) dx (positions in nm), the same quantity in both columns: they "
-             "agree within errors where the flow covers the ensemble.", ""]
-    lines += _table(["T (K)", "ESS plain", "ESS refined", "distinct ancestors", "levels",
+             "agree within errors where the flow covers the ensemble. ESS over lineages: "
+             "the refined weights summed over the flow draws each sample descends from "
+             "(distinct draws in brackets); errors of refined estimates resample these "
+             "lineages, and where this ESS is low so is the information, whatever the "
+             "refined ESS.", ""]
+    lines += _table(["T (K)", "ESS plain", "ESS refined", "ESS over lineages (draws)", "levels",
                      "ln Z plain", "ln Z refined", "force evaluations"], rows)
     return lines + [""]
 

@@ -190,6 +190,23 @@ class WeightedTrajectory:
         """Number of distinct independent draws among the samples (:attr:`lineages`)."""
         return int(len(np.unique(self.lineages)))
 
+    @property
+    def lineage_ess(self) -> float:
+        """ESS counted over independent draws, as a fraction of ``n``: the Kish ESS of the
+        lineages' total weights. Equal to :attr:`ess` without refinement; after SMC it says
+        how many of the flow's draws the refined samples really rest on (copies of one
+        draw are not independent samples, however many of them there are).
+
+        >>> import numpy as np
+        >>> wt = WeightedTrajectory(np.zeros((4, 1)), np.zeros(4), np.zeros(4), 300.0,
+        ...                         lineages=[0, 0, 0, 1])
+        >>> wt.ess, wt.lineage_ess
+        (1.0, 0.4)
+        """
+        _, index = np.unique(self.lineages, return_inverse=True)
+        totals = np.bincount(index, weights=self.weights)
+        return float(totals.sum() ** 2 / (len(self) * (totals ** 2).sum()))
+
     def _check_samples(self, samples) -> np.ndarray:
         if isinstance(samples, torch.Tensor):
             samples = samples.detach().cpu().numpy()
@@ -401,12 +418,14 @@ class WeightedTrajectory:
 
     # ------------------------------------------------------------------ reports
     def summary(self) -> str:
-        """One line: T, n, ESS, failures and clipping."""
+        """One line: T, n, ESS, failures, clipping and (refined) the ESS over lineages."""
         text = (f"T = {self.temperature:g} K, n = {len(self)}, ESS = {self.ess:.1%}, "
                 f"failed = {self.n_failed}")
         if self.clip_log_weights is not None:
             text += (f", log-weights clipped at the {self.clip_log_weights:g} quantile "
                      f"({self.n_clipped} clipped)")
+        if self.refinement is not None:
+            text += f", ESS over the {self.n_lineages} lineages = {self.lineage_ess:.1%}"
         if self.overlap_sigma is not None:
             text += f", model overlap σ at T0 = {self.overlap_sigma:.2f}"
         return text

@@ -131,6 +131,27 @@ def test_kernel_keeps_exact_samples_exact(kernel):
         assert p > 1e-3, (k, p)
 
 
+def test_torsion_flips_cross_the_barrier_and_keep_the_target():
+    """Two torsion wells 12 k_BT apart in barrier: gradient moves started in one well stay
+    there; with flips the population of the wells reaches the quadrature value, and exact
+    samples stay exact (the flip is a Metropolis move with a symmetric proposal)."""
+    toy = TorsionBond2D(barrier=15.0, length_coupling=0.0)
+    cdfs = [marginal_cdf(toy, k) for k in range(2)]
+    exact = 1.0 - cdfs[0](0.0)  # P(φ > 0)
+    x = toy.sample(3000, T, seed=5).numpy()
+    one_well = x[x[:, 0] > 0][:1000]
+    stuck = rejuvenate(one_well, toy, T, options=SMC(n_mcmc_steps=20), seed=1)
+    assert np.mean(stuck.samples[:, 0] > 0) == 1.0
+    flipped = rejuvenate(one_well, toy, T, options=SMC(n_mcmc_steps=20, torsion_flips=3),
+                         seed=1)
+    population = np.mean(flipped.samples[:, 0] > 0)
+    assert abs(population - exact) < 4 * math.sqrt(exact * (1 - exact) / 1000), population
+    assert flipped.refinement["history"][-1]["flip_acceptance"] > 0.05
+    kept = rejuvenate(x, toy, T, options=SMC(n_mcmc_steps=3, torsion_flips=3), seed=2)
+    for k, cdf in enumerate(cdfs):
+        assert stats.kstest(kept.samples[:, k], cdf).pvalue > 1e-3, k
+
+
 def test_same_seed_same_result():
     toy, domains = poor_flows()[1]
     model = make_flow(domains)
@@ -151,6 +172,8 @@ def test_sample_refine_and_save_load(tmp_path):
     assert loaded.refinement == wt.refinement
     # each particle's lineage is the flow draw it descends from; the file keeps them
     assert wt.n_lineages == wt.refinement["distinct_ancestors"] < len(wt)
+    assert 0 < wt.lineage_ess < wt.ess  # copies of one draw count once
+    assert f"ESS over the {wt.n_lineages} lineages" in wt.summary()
     np.testing.assert_array_equal(loaded.lineages, wt.lineages)
     both = ot.WeightedTrajectory.concatenate([wt, loaded])  # two runs: lineages stay apart
     assert both.n_lineages == 2 * wt.n_lineages
@@ -255,5 +278,5 @@ def test_report_shows_refined_beside_plain(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith(f"| {T:g} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{wt.refinement['flow_ess']:.1%}" and cells[2] == f"{wt.ess:.1%}"
-    assert cells[3] == str(wt.refinement["distinct_ancestors"])
+    assert cells[3] == f"{wt.lineage_ess:.1%} ({wt.refinement['distinct_ancestors']})"
     assert cells[6].startswith(f"{wt.log_partition_estimate:.3f} ± ")
