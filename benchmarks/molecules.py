@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -175,7 +176,8 @@ def molecule(name: str, args) -> dict:
                 before = energy.n_evaluations
                 wt = ot.sample(model, energy, temperature=float(temperatures[index]),
                                n=args.n, seed=args.seed + 100 + index, quiet=True, refine=True)
-                row[key] = {**ends(wt, traj, msys), "wall_s": time.perf_counter() - started,
+                row[key] = {**ends(wt, traj, msys), "lineage_ess": wt.lineage_ess,
+                            "wall_s": time.perf_counter() - started,
                             "force_evaluations": int(energy.n_evaluations - before)}
     row["bar"] = {"ess_t0": row["t0"]["ess"] >= BAR["ess_t0"],
                   "ess_far": row["far"]["ess"] >= BAR["ess_far"],
@@ -196,13 +198,16 @@ def markdown(rows: list[dict]) -> str:
             f"{'met' if all(r['bar'].values()) else 'missed'} |")
     refined = [r for r in rows if "t0_refined" in r]
     if refined:
-        lines += ["", "| molecule | ESS T0 → refined | ESS far → refined | clash T0 / far refined "
-                  "| SMC s T0 / far | force evaluations T0 / far |", "|---" * 6 + "|"]
+        lines += ["", "| molecule | ESS T0 → refined (over lineages) | ESS far → refined (over "
+                  "lineages) | clash T0 / far refined | SMC s T0 / far | force evaluations T0 / "
+                  "far |", "|---" * 6 + "|"]
         for r in refined:
             t0, far = r["t0_refined"], r["far_refined"]
             lines.append(
-                f"| {r['system']} | {r['t0']['ess']:.2%} → {t0['ess']:.1%} | "
-                f"{r['far']['ess']:.2%} → {far['ess']:.1%} | {t0['clash_fraction']:.2f} / "
+                f"| {r['system']} | {r['t0']['ess']:.2%} → {t0['ess']:.1%} "
+                f"({t0.get('lineage_ess', math.nan):.2%}) | {r['far']['ess']:.2%} → "
+                f"{far['ess']:.1%} ({far.get('lineage_ess', math.nan):.2%}) | "
+                f"{t0['clash_fraction']:.2f} / "
                 f"{far['clash_fraction']:.2f} | {t0['wall_s']:.0f} / {far['wall_s']:.0f} | "
                 f"{t0['force_evaluations']:.2g} / {far['force_evaluations']:.2g} |")
     return "\n".join(lines)

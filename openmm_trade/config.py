@@ -17,6 +17,7 @@ A configuration has these sections (all optional except ``[system]``)::
                     checkpoint_every, energy_budget (TRAINING_RUN_OPTIONS of ot.train)
     [sampling]      n = 10000                              # samples per target temperature
                     refine = false; refine_kernel = "mala"; refine_steps = 2   # SMC refinement
+                    refine_flips = 1                       # torsion flips per SMC level
     [free_energy]   n = 10000; n_bootstrap = 200; refine = false
     [compute]       platform = "CPU"; n_workers = 1; torch_threads = 1; device = "cpu"; seed = 1
     [output]        figures = true
@@ -172,7 +173,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable, object]]] = {
     "training": {},   # validated against TrainingConfig and TRAINING_RUN_OPTIONS
     "sampling": {"n": (_integer(1), 10_000), "refine": (_bool, False),
                  "refine_kernel": (_choice("mala", "hmc"), "mala"),
-                 "refine_steps": (_integer(1), 2)},
+                 "refine_steps": (_integer(1), 2), "refine_flips": (_integer(0), 1)},
     "free_energy": {"n": (_integer(1), 10_000), "n_bootstrap": (_integer(1), 200),
                     "refine": (_bool, False)},
     "compute": {

@@ -103,7 +103,10 @@ class SMC:
         chirality sign), chosen at random, by +120°, -120° or 180°, accepted by Metropolis
         (the proposal is symmetric). In a Z-matrix the later atoms of a branch are placed
         from its first atom, so the turn rotates the whole branch: a side chain changes
-        rotamer, which small gradient steps do not do across a barrier.
+        rotamer, which small gradient steps do not do across a barrier. Default 1: on
+        capped leucine at 300 K it brought the χ1 rotamers from 3σ off (with errors over
+        lineages: 1.3σ, ±0.07) to within 0.3σ of replica exchange (±0.02), for 1.5× the
+        force evaluations (README "Leucine against a replica-exchange reference").
     target_acceptance : float, optional
         Acceptance rate the step size follows; default 0.6 (MALA) or 0.75 (HMC).
     initial_step_size : float
@@ -132,7 +135,7 @@ class SMC:
     kernel: str = "mala"
     n_leapfrog: int = 5
     n_mcmc_steps: int = 2
-    torsion_flips: int = 0
+    torsion_flips: int = 1
     target_acceptance: float | None = None
     initial_step_size: float = 0.5
     n_islands: int = 16
@@ -203,7 +206,8 @@ def options_from_config(sampling: dict, refine: bool | None = None) -> SMC | Non
     if not (sampling.get("refine", False) if refine is None else refine):
         return None
     return SMC(kernel=sampling.get("refine_kernel", "mala"),
-               n_mcmc_steps=int(sampling.get("refine_steps", SMC.n_mcmc_steps)))
+               n_mcmc_steps=int(sampling.get("refine_steps", SMC.n_mcmc_steps)),
+               torsion_flips=int(sampling.get("refine_flips", SMC.torsion_flips)))
 
 
 # ---------------------------------------------------------------------------- the space
