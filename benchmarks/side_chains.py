@@ -120,7 +120,8 @@ def flow_side(wt: ot.WeightedTrajectory, ref: dict, chi, seed: int) -> dict:
     for name in ROTAMERS:
         p, err = pops[name]
         r = ref["rotamers"][name]
-        z = (p - r["population"]) / math.sqrt(err ** 2 + r["error"] ** 2 + 1e-300)
+        combined = math.hypot(err, r["error"])  # 0 only if both sides are exact
+        z = (p - r["population"]) / combined if combined > 0 else math.nan
         rotamers[name] = {"population": float(p), "error": float(err), "z": float(z)}
     return {"n": len(wt), "ess": float(wt.ess), "ess_count": n_eff,
             "kl": float(ot.metrics.ramachandran_kl(ref["phi_psi"], phi_psi, wt.weights)),
