@@ -426,6 +426,18 @@ def _step_sizes(space: _Space, h: float, scale: torch.Tensor) -> torch.Tensor:
     return torch.where(space.periodic, eps.clamp(max=MAX_PERIODIC_STEP), eps)
 
 
+def _metropolis(log_alpha: torch.Tensor, valid: torch.Tensor,
+                gen: torch.Generator) -> torch.Tensor:
+    """Accept each valid proposal with probability min(1, exp(log_alpha)).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> _metropolis(torch.tensor([0.0, -math.inf]), torch.tensor([True, True]), g).tolist()
+    [True, False]
+    """
+    uniform = torch.rand(len(log_alpha), generator=gen, dtype=torch.float64)
+    return valid & (torch.log(uniform) < log_alpha)
+
+
 def _mala(space, z, point, b, eps, gen):
     """One MALA move; returns the new state and the acceptance mask."""
     log_pi = point.log_target(b)
@@ -438,9 +450,7 @@ def _mala(space, z, point, b, eps, gen):
     forward = -0.5 * (space.difference(proposal, mean) / eps).pow(2).sum(-1)
     backward = -0.5 * (space.difference(z, back) / eps).pow(2).sum(-1)
     log_alpha = new_log_pi - log_pi + backward - forward
-    uniform = torch.rand(len(z), generator=gen, dtype=torch.float64)
-    accept = torch.isfinite(new_log_pi) & (torch.log(uniform) < log_alpha)
-    return proposal, new, accept
+    return proposal, new, _metropolis(log_alpha, torch.isfinite(new_log_pi), gen)
 
 
 def _hmc(space, z, point, b, eps, gen, n_leapfrog):
@@ -459,9 +469,7 @@ def _hmc(space, z, point, b, eps, gen, n_leapfrog):
         alive = alive & torch.isfinite(current.log_target(b))
         velocity = velocity + 0.5 * eps * current.grad(b)
     h1 = -current.log_target(b) + 0.5 * velocity.pow(2).sum(-1)
-    uniform = torch.rand(len(z), generator=gen, dtype=torch.float64)
-    accept = alive & (torch.log(uniform) < h0 - h1)
-    return position, current, accept
+    return position, current, _metropolis(h0 - h1, alive, gen)
 
 
 #: Turns (rad) a torsion flip proposes, each with probability 1/3: the set is closed under
@@ -481,9 +489,8 @@ def _flip(space, z, point, b, gen):
     proposal = space.wrap(proposal)
     new = space.evaluate(proposal)
     new_log_pi = new.log_target(b)
-    uniform = torch.rand(n, generator=gen, dtype=torch.float64)
-    accept = torch.isfinite(new_log_pi) & (torch.log(uniform) < new_log_pi - point.log_target(b))
-    return proposal, new, accept
+    log_alpha = new_log_pi - point.log_target(b)
+    return proposal, new, _metropolis(log_alpha, torch.isfinite(new_log_pi), gen)
 
 
 def _keep(accept: torch.Tensor, z, point: _Point, proposal, new: _Point):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import mdtraj
 import numpy as np
@@ -214,68 +215,83 @@ def simulate(
            "friction_per_ps": friction_per_ps, "platform": platform,
            "checkpoint_every": checkpoint_every}
 
-    folder = None
-    with contextlib.ExitStack() as lock:
-        if output is not None:
-            output = checks.writable_file(output, "output")
-            lock.enter_context(exclusive_lock(output, "MD run"))  # one writer per run
-        if n_chains is None:
-            n_chains = _resumed_chains(output) if resume and output is not None else None
-            n_chains = min(available_cores(), n_frames) if n_chains is None else n_chains
-        n_chains = int(n_chains)
-        if output is not None:
-            folder = _chain_folder(output)
-            if (output.exists() or folder.exists()) and not resume:
-                raise InputError(
-                    f"output {output} already exists; pass resume=True to continue that run or "
-                    "choose another path"
-                )
-            single = output.with_name(output.name + _CHECKPOINT_SUFFIX).exists()
-            if resume and n_chains > 1 and output.exists() and not (single or folder.exists()):
-                raise CheckpointError(
-                    f"{output} has no checkpoints (no {folder.name} folder); it cannot be resumed "
-                    "(move it away)"
-                )
-            if resume and ((n_chains > 1 and single) or (n_chains == 1 and folder.exists())):
-                made = 1 if single else len(list(folder.glob("chain-*.h5")))
-                raise CheckpointError(
-                    f"cannot resume {output}: it was made with n_chains={made}, now n_chains="
-                    f"{n_chains}"
-                )
+    if output is not None:
+        output = checks.writable_file(output, "output")
+    # one writer per run: a second process waits here, then resumes or reads the result
+    with exclusive_lock(output, "MD run") if output is not None else contextlib.nullcontext():
+        return _simulate_locked(msys, n_frames=n_frames, seed=seed, output=output,
+                                resume=resume, quiet=quiet, n_chains=n_chains, run=run)
 
-        bar = _progress(n_frames, quiet, f"MD {temperature:g} K")
-        try:
-            if n_chains == 1:
-                xyz, times, energies = _run_chain(
-                    msys, n_frames=n_frames, seed=seed, output=output, resume=resume,
-                    progress=_bar_updater(bar, interval_ps), **run)
-                chain = np.zeros(n_frames, dtype=np.int64)
-            else:
-                if folder is not None:
-                    found = len(list(folder.glob("chain-*.h5"))) if folder.exists() else 0
-                    if resume and found > n_chains:
-                        raise CheckpointError(
-                            f"cannot resume {output}: it was made with n_chains={found}, now "
-                            f"n_chains={n_chains}"
-                        )
-                    folder.mkdir(exist_ok=True)
-                cores = cores_by_idleness()  # chain c on the c-th idlest core
-                jobs = [
-                    {**run, "n_frames": size, "seed": _chain_seed(seed, c), "resume": resume,
-                     "core": cores[c % len(cores)],
-                     "output": None if folder is None else _chain_path(folder, c)}
-                    for c, size in enumerate(_chain_sizes(n_frames, n_chains))
-                ]
-                parts = _run_chains(msys, jobs, _bar_updater(bar, interval_ps))
-                xyz, times, energies = (np.concatenate(p) for p in zip(*parts, strict=True))
-                chain = np.repeat(np.arange(n_chains), [len(p[0]) for p in parts])
-                if output is not None:
-                    _write_frames(output, msys.mdtraj_topology, xyz, times, energies, chain)
-        finally:
-            bar.close()
 
-        traj = attach_energies(mdtraj.Trajectory(xyz, msys.mdtraj_topology, time=times), energies)
-        setattr(traj, CHAIN_ATTRIBUTE, chain)
-        if not quiet:
-            print(f"simulate: {_format_summary(simulation_summary(traj))}", file=sys.stderr)
-        return traj
+def _check_resumable(output: Path, resume: bool, n_chains: int) -> Path:
+    """Refuse an existing ``output`` without ``resume`` and a resume with another number of
+    chains than the stored run's; returns the run's chain folder."""
+    folder = _chain_folder(output)
+    if (output.exists() or folder.exists()) and not resume:
+        raise InputError(
+            f"output {output} already exists; pass resume=True to continue that run or "
+            "choose another path"
+        )
+    single = output.with_name(output.name + _CHECKPOINT_SUFFIX).exists()
+    if resume and n_chains > 1 and output.exists() and not (single or folder.exists()):
+        raise CheckpointError(
+            f"{output} has no checkpoints (no {folder.name} folder); it cannot be resumed "
+            "(move it away)"
+        )
+    if resume and ((n_chains > 1 and single) or (n_chains == 1 and folder.exists())):
+        made = 1 if single else len(list(folder.glob("chain-*.h5")))
+        raise CheckpointError(
+            f"cannot resume {output}: it was made with n_chains={made}, now n_chains="
+            f"{n_chains}"
+        )
+    return folder
+
+
+def _simulate_locked(msys: MolecularSystem, *, n_frames: int, seed: int, output: Path | None,
+                     resume: bool, quiet: bool, n_chains: int | None,
+                     run: dict) -> mdtraj.Trajectory:
+    """The body of :func:`simulate` (arguments already checked), run while holding the
+    lock on ``output``."""
+    temperature, interval_ps = run["temperature"], run["interval_ps"]
+    if n_chains is None:
+        n_chains = _resumed_chains(output) if resume and output is not None else None
+        n_chains = min(available_cores(), n_frames) if n_chains is None else n_chains
+    n_chains = int(n_chains)
+    folder = None if output is None else _check_resumable(output, resume, n_chains)
+
+    bar = _progress(n_frames, quiet, f"MD {temperature:g} K")
+    try:
+        if n_chains == 1:
+            xyz, times, energies = _run_chain(
+                msys, n_frames=n_frames, seed=seed, output=output, resume=resume,
+                progress=_bar_updater(bar, interval_ps), **run)
+            chain = np.zeros(n_frames, dtype=np.int64)
+        else:
+            if folder is not None:
+                found = len(list(folder.glob("chain-*.h5"))) if folder.exists() else 0
+                if resume and found > n_chains:
+                    raise CheckpointError(
+                        f"cannot resume {output}: it was made with n_chains={found}, now "
+                        f"n_chains={n_chains}"
+                    )
+                folder.mkdir(exist_ok=True)
+            cores = cores_by_idleness()  # chain c on the c-th idlest core
+            jobs = [
+                {**run, "n_frames": size, "seed": _chain_seed(seed, c), "resume": resume,
+                 "core": cores[c % len(cores)],
+                 "output": None if folder is None else _chain_path(folder, c)}
+                for c, size in enumerate(_chain_sizes(n_frames, n_chains))
+            ]
+            parts = _run_chains(msys, jobs, _bar_updater(bar, interval_ps))
+            xyz, times, energies = (np.concatenate(p) for p in zip(*parts, strict=True))
+            chain = np.repeat(np.arange(n_chains), [len(p[0]) for p in parts])
+            if output is not None:
+                _write_frames(output, msys.mdtraj_topology, xyz, times, energies, chain)
+    finally:
+        bar.close()
+
+    traj = attach_energies(mdtraj.Trajectory(xyz, msys.mdtraj_topology, time=times), energies)
+    setattr(traj, CHAIN_ATTRIBUTE, chain)
+    if not quiet:
+        print(f"simulate: {_format_summary(simulation_summary(traj))}", file=sys.stderr)
+    return traj
