@@ -113,28 +113,15 @@ def boundary_md(name: str, args):
 
 
 def ends(wt, traj, msys) -> dict:
-    """ESS, failures and ring closure of one temperature's samples: the clash fraction and,
-    for a molecule with rings, what the near misses cost (``ring_closure``)."""
+    """ESS, failures and ring closure of one temperature's samples: the clash fraction
+    (rings > 5 σ off) and, for a molecule with rings, what the near misses cost
+    (``ring_closure``: rings > 3 σ off, see ``metrics.ring_closure_cost``)."""
     row = {"ess": float(wt.ess), "n_failed": int(wt.n_failed),
            "clash_fraction": metrics.clash_fraction(wt.samples, msys, traj)}
-    if len(metrics.ring_closing_bonds(msys)):
-        row["ring_closure"] = ring_closure_cost(wt, traj, msys)
+    cost = metrics.ring_closure_cost(wt.samples, wt.log_weights, msys, traj, k=3.0)
+    if cost is not None:
+        row["ring_closure"] = cost
     return row
-
-
-def ring_closure_cost(wt, traj, msys, k: float = 3.0) -> dict:
-    """How far the samples' rings are from closing (in MD σ of the ring-closing bond) and
-    what that costs: the fraction of samples more than ``k`` σ off, the normalised
-    importance weight they carry, and the ESS (as a fraction) of the other samples alone,
-    i.e. what the ESS would be if the flow put no mass on open rings and kept the rest."""
-    deviation = metrics.ring_closure_deviation(wt.samples, msys, traj)
-    weights = np.asarray(wt.weights, dtype=np.float64)
-    closed = deviation <= k
-    kept = weights[closed]
-    ess_closed = float(kept.sum() ** 2 / (kept**2).sum() / closed.sum()) if kept.sum() > 0 else 0.0
-    return {"k": k, "median_sd": float(np.median(deviation)),
-            "fraction_open": float(1 - closed.mean()),
-            "weight_open": float(weights[~closed].sum()), "ess_closed_only": ess_closed}
 
 
 def trained_model(msys, energy, traj, folder: Path, args) -> tuple:

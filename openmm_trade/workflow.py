@@ -323,11 +323,14 @@ def draw_samples(model, energy, run: RunDirectory, temperatures, *, n: int, seed
                  refine=None, resume: bool = False, quiet: bool = False) -> dict:
     """Weighted trajectories of ``n`` samples at each temperature, saved as
     ``run.sample_path(T)`` (those already there are kept with ``resume``); returns
-    ``{label: {"ess": ..., ...}}`` of the ones drawn (with ``overlap_sigma`` and the
-    refinement's force evaluations where known)."""
+    ``{label: {"ess": ..., ...}}`` of the ones drawn (with ``overlap_sigma``, the
+    refinement's force evaluations where known and, for a molecule with rings, what broken
+    rings cost, :func:`openmm_trade.metrics.ring_closure_cost`)."""
+    from .metrics import ring_closure_cost
     from .sampling import sample
 
     summary = {}
+    rings = _ring_yardstick(model, run)
     for temperature in temperatures:
         path = run.sample_path(temperature)
         if resume and path.exists():
@@ -344,7 +347,23 @@ def draw_samples(model, energy, run: RunDirectory, temperatures, *, n: int, seed
                 "force_evaluations_per_sample"]
         if wt.overlap_sigma is not None:
             row["overlap_sigma"] = float(wt.overlap_sigma)
+        if rings is not None:
+            row["ring_closure"] = ring_closure_cost(wt.samples, wt.log_weights, model.system,
+                                                    rings, zmatrix=model.coordinates.zmatrix)
     return summary
+
+
+def _ring_yardstick(model, run: RunDirectory):
+    """The boundary frames, whose ring-closing bond lengths say whether a sample's ring is
+    broken (:func:`openmm_trade.metrics.ring_closure_cost`); ``None`` when the molecule has
+    no ring or the run has no boundary file."""
+    from . import md
+    from .metrics import ring_closing_bonds
+
+    if not run.boundary.exists() or not len(
+            ring_closing_bonds(model.system, model.coordinates.zmatrix)):
+        return None
+    return md.load_trajectory(run.boundary)
 
 
 def temperature_profile(model, energy, run: RunDirectory, temperatures, *, n: int, seed: int,

@@ -130,6 +130,28 @@ def test_run_writes_every_documented_output(tiny_run):
     assert "coverage of 60 boundary frames" in output and "WARNING" in output
     report = (out / "report.md").read_text()
     assert "## Boundary coverage" in report and "**Warning:** phi, psi" in report
+    assert "## Ring closure" not in report and "ring_closure" not in stages["sampling"]["300K"]
+
+
+def test_run_reports_broken_rings_of_a_ring_molecule(tmp_path):
+    config = tmp_path / "proline.toml"
+    config.write_text(TINY_RUN.replace("alanine-dipeptide-vacuum", "ace-pro-nme-implicit")
+                      + "[output]\nfigures = false\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    record = json.loads((out / "stages.json").read_text())["sampling"]["300K"]
+    # the oracle: recomputed from the files the run wrote
+    msys = ot.systems.load("ace-pro-nme-implicit")
+    wt = ot.WeightedTrajectory.load(out / "samples" / "300K.h5")
+    expected = ot.metrics.ring_closure_cost(wt.samples, wt.log_weights, msys,
+                                            ot.md.load_trajectory(out / "boundary.h5"))
+    assert record["ring_closure"] == pytest.approx(expected)
+    assert 0 < expected["broken_fraction"] <= 1  # six training steps cannot close a ring
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.split("## Ring closure")[1].splitlines()
+               if line.startswith("| 300K |"))
+    assert f"| {expected['broken_fraction']:.1%} | {expected['broken_weight']:.2%} |" in row
 
 
 def test_rerun_without_resume_refuses_a_used_directory(tiny_run):

@@ -219,3 +219,25 @@ def test_clash_fraction_without_rings_and_errors(ring_cases, vacuum, vacuum_fram
         metrics.clash_fraction(frames, msys, np.repeat(frames[:1], 3, axis=0))
     with pytest.raises(InputError, match="k must be"):
         metrics.clash_fraction(frames, msys, frames, k=0)
+
+
+def test_ring_closure_cost_counts_broken_rings_and_their_weight(ring_cases, vacuum,
+                                                                 vacuum_frames):
+    msys, frames = ring_cases["ace-phe-nme-implicit"]
+    reference, samples = frames[::2], frames[1::2].copy()
+    (i, j), = metrics.ring_closing_bonds(msys)
+    samples[:5, i] += 0.3 * (samples[:5, i] - samples[:5, j])  # 5 of 20 rings broken
+    log_w = np.log(np.arange(1.0, 21.0))  # weights 1..20: the broken ones carry 15 of 210
+    cost = metrics.ring_closure_cost(samples, log_w, msys, reference)
+    assert cost["broken_fraction"] == 0.25
+    assert cost["broken_weight"] == pytest.approx(15 / 210)
+    intact = np.arange(6.0, 21.0)  # Kish ESS of the intact ones, as a fraction of 15
+    assert cost["ess_intact"] == pytest.approx(intact.sum() ** 2 / (intact**2).sum() / 15)
+    assert cost["median_sd"] == pytest.approx(
+        np.median(metrics.ring_closure_deviation(samples, msys, reference)))
+    assert metrics.ring_closure_cost(vacuum_frames, np.zeros(len(vacuum_frames)), vacuum,
+                                     vacuum_frames) is None
+    with pytest.raises(InputError, match="log_weights must have shape"):
+        metrics.ring_closure_cost(samples, log_w[:3], msys, reference)
+    with pytest.raises(InputError, match="k must be"):
+        metrics.ring_closure_cost(samples, log_w, msys, reference, k=-1)
