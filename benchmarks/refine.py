@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -114,6 +115,8 @@ def metrics(wt, r: dict, wall: float, evaluations: int, args) -> dict:
     if wt.refinement is not None:
         ref = wt.refinement
         row.update(distinct_ancestors=ref["distinct_ancestors"], levels=ref["levels"],
+                   lineage_ess=wt.lineage_ess,
+                   flip_acceptance=[h.get("flip_acceptance") for h in ref["history"]],
                    log_z=wt.log_partition_estimate, log_z_err=wt.log_partition_error,
                    acceptance=[h["acceptance"] for h in ref["history"]],
                    step_size=[h["step_size"] for h in ref["history"]])
@@ -167,7 +170,8 @@ def markdown(out: dict) -> str:
     force evaluations and beside the parallel-tempering prefix that reaches the refined KL."""
     ref = out["reference"]
     lines = [
-        "| T (K) | SMC ESS | ancestors | SMC KL | IS KL | PT floor | αL SMC | αL IS | αL PT "
+        "| T (K) | SMC ESS | over lineages (ancestors) | SMC KL | IS KL | PT floor | αL SMC "
+        "| αL IS | αL PT "
         "| Δf−MBAR SMC (kT) | Δf−MBAR IS (kT) | force evals | SMC wall s | PT evals to SMC KL |",
         "|---" * 14 + "|",
     ]
@@ -177,7 +181,8 @@ def markdown(out: dict) -> str:
         reached = pt.get("energy_evaluations")
         lines.append(
             f"| {refined['temperature']:.0f} | {refined['ess']:.1%} | "
-            f"{refined.get('distinct_ancestors', '')} | {refined['kl']:.3f} | {plain['kl']:.3f} "
+            f"{refined.get('lineage_ess', math.nan):.1%} ({refined.get('distinct_ancestors', '')})"
+            f" | {refined['kl']:.3f} | {plain['kl']:.3f} "
             f"| {refined['kl_reference_floor']:.3f} | {refined['population']:.3f} | "
             f"{plain['population']:.3f} | {refined['population_reference']:.3f} | "
             f"{refined['delta_f_minus_mbar_kT']:+.3f} ± {refined['delta_f_minus_mbar_err_kT']:.3f}"
