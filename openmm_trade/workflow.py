@@ -348,8 +348,12 @@ def draw_samples(model, energy, run: RunDirectory, temperatures, *, n: int, seed
         if wt.overlap_sigma is not None:
             row["overlap_sigma"] = float(wt.overlap_sigma)
         if rings is not None:
-            row["ring_closure"] = ring_closure_cost(wt.samples, wt.log_weights, model.system,
-                                                    rings, zmatrix=model.coordinates.zmatrix)
+            try:
+                row["ring_closure"] = ring_closure_cost(
+                    wt.samples, wt.log_weights, model.system, rings,
+                    zmatrix=model.coordinates.zmatrix)
+            except InputError as error:  # e.g. a ring-closing bond held fixed in the MD
+                log.warning("ring closure not measured: %s", error)
     return summary
 
 

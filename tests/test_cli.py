@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -152,6 +153,28 @@ def test_run_reports_broken_rings_of_a_ring_molecule(tmp_path):
     row = next(line for line in report.split("## Ring closure")[1].splitlines()
                if line.startswith("| 300K |"))
     assert f"| {expected['broken_fraction']:.1%} | {expected['broken_weight']:.2%} |" in row
+
+
+def test_sampling_goes_on_when_ring_closure_cannot_be_measured(tmp_path, caplog):
+    """Boundary frames that hold the ring-closing bond at one length (σ = 0) give no
+    yardstick: the samples are still drawn and saved, with a warning instead of the record."""
+    import mdtraj
+    from conftest import short_md_frames
+
+    from openmm_trade.run_directory import RunDirectory
+    from openmm_trade.workflow import draw_samples
+
+    msys = ot.systems.load("ace-pro-nme-implicit")
+    frames = short_md_frames(msys, n_frames=20, seed=5)
+    model = ot.TemperatureFlow.for_system(msys, frames, temperature_range=(300.0, 450.0),
+                                          hidden=8, n_blocks=1, seed=0)
+    run = RunDirectory(tmp_path)
+    frozen = mdtraj.Trajectory(np.repeat(frames[:1], 4, axis=0), msys.mdtraj_topology)
+    ot.md.save_trajectory(ot.md.attach_energies(frozen, np.zeros(4)), run.boundary)
+    with ot.OpenMMEnergy(msys) as energy:
+        summary = draw_samples(model, energy, run, [300.0], n=8, seed=0, quiet=True)
+    assert "ring_closure" not in summary["300K"] and run.sample_path(300.0).exists()
+    assert "ring closure not measured" in caplog.text and "fixed length" in caplog.text
 
 
 def test_rerun_without_resume_refuses_a_used_directory(tiny_run):
