@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="boundary frames per step; default: TrainingConfig's")
     parser.add_argument("--model-seed", type=int, default=None,
                         help="seed of the model and its training; default: --seed")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="independent draws of --n samples at T0 and at the far end, to "
+                             "see how the ESS of one draw spreads (the first is the table's)")
     parser.add_argument("--refine", action="store_true", help="also SMC at T0 and far end")
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
                         help="TemperatureFlow.for_system(whiten=...); --no-whiten: the model "
@@ -177,6 +180,12 @@ def molecule(name: str, args) -> dict:
             "far_temperature": float(temperatures[far]),
         }
         row["ti_gap_far_kT"] = abs(row["delta_f_kT"][far] - row["delta_f_ti_kT"][far])
+        if args.draws > 1:
+            row["ess_draws"] = {key: [row["ess"][index]] + [
+                float(ot.sample(model, energy, temperature=float(temperatures[index]), n=args.n,
+                                seed=args.seed + 1000 * draw + index, quiet=True).ess)
+                for draw in range(1, args.draws)] for key, index in (("t0", t0_index),
+                                                                     ("far", far))}
         if args.refine:
             for key, index in (("t0_refined", t0_index), ("far_refined", far)):
                 started = time.perf_counter()
