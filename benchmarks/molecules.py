@@ -20,6 +20,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/molecules.py                       # the whole set
     OMP_NUM_THREADS=1 python benchmarks/molecules.py --systems ace-pro-nme-implicit --quick
+    OMP_NUM_THREADS=1 python benchmarks/molecules.py --draws 10   # how the ESS of a draw spreads
 """
 
 from __future__ import annotations
