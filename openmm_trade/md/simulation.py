@@ -224,8 +224,9 @@ def simulate(
 
 
 def _check_resumable(output: Path, resume: bool, n_chains: int) -> Path:
-    """Refuse an existing ``output`` without ``resume`` and a resume with another number of
-    chains than the stored run's; returns the run's chain folder."""
+    """Refuse an existing ``output`` without ``resume``, and a resume with another number of
+    chains than the stored run's (one chain, or more chain files than ``n_chains``);
+    returns the run's chain folder."""
     folder = _chain_folder(output)
     if (output.exists() or folder.exists()) and not resume:
         raise InputError(
@@ -238,11 +239,12 @@ def _check_resumable(output: Path, resume: bool, n_chains: int) -> Path:
             f"{output} has no checkpoints (no {folder.name} folder); it cannot be resumed "
             "(move it away)"
         )
-    if resume and ((n_chains > 1 and single) or (n_chains == 1 and folder.exists())):
-        made = 1 if single else len(list(folder.glob("chain-*.h5")))
+    made = len(list(folder.glob("chain-*.h5"))) if folder.exists() else 0
+    if resume and ((n_chains > 1 and single) or (n_chains == 1 and folder.exists())
+                   or made > n_chains):
         raise CheckpointError(
-            f"cannot resume {output}: it was made with n_chains={made}, now n_chains="
-            f"{n_chains}"
+            f"cannot resume {output}: it was made with n_chains={1 if single else made}, now "
+            f"n_chains={n_chains}"
         )
     return folder
 
@@ -268,12 +270,6 @@ def _simulate_locked(msys: MolecularSystem, *, n_frames: int, seed: int, output:
             chain = np.zeros(n_frames, dtype=np.int64)
         else:
             if folder is not None:
-                found = len(list(folder.glob("chain-*.h5"))) if folder.exists() else 0
-                if resume and found > n_chains:
-                    raise CheckpointError(
-                        f"cannot resume {output}: it was made with n_chains={found}, now "
-                        f"n_chains={n_chains}"
-                    )
                 folder.mkdir(exist_ok=True)
             cores = cores_by_idleness()  # chain c on the c-th idlest core
             jobs = [
